@@ -1,0 +1,110 @@
+"""The download service: resolve a URI, then run the engine for each file it names (bounded parallelism)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+from ..engine.download import Downloader, DownloadRequest, DownloadResult
+from ..errors import ModfetchError, UsageError
+from ..progress import ProgressListener
+from ..resolvers.base import ResolvedFile, make_session
+from ..resolvers.registry import resolve
+from ..util.redact import redact_url
+
+log = logging.getLogger("modfetch.app")
+ProgressFactory = Callable[[], ProgressListener]
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """What the user asked for beyond the URI."""
+
+    dest: Path | None = None
+    out: str | None = None
+    sha256: str | None = None
+    force: bool = False
+    concurrency: int | None = None
+    chunk_size: int | None = None
+    artifact_type: str | None = None
+
+
+def resolve_uri(config: Config, uri: str) -> list[ResolvedFile]:
+    """Resolve a URI with a short-lived session."""
+    session = make_session(config)
+    try:
+        return resolve(uri, config, session)
+    finally:
+        session.close()
+
+
+def build_request(config: Config, item: ResolvedFile, options: DownloadOptions, single: bool) -> DownloadRequest:
+    """The engine request for one resolved file, applying --dest/--out/--sha256/--type."""
+    if options.out and not single:
+        raise UsageError("--out names one file, but this URI resolves to several")
+    expected = options.sha256 or item.sha256
+    if options.sha256 and item.sha256 and options.sha256.lower() != item.sha256.lower():
+        raise UsageError(f"--sha256 {options.sha256} disagrees with the source's published {item.sha256}")
+    hints = dict(item.hints)
+    return DownloadRequest(
+        url=item.url,
+        dest_dir=options.dest or config.download_root,
+        display_url=item.display_url or redact_url(item.url),
+        filename=options.out or item.filename,
+        subdir=item.subdir,
+        headers=dict(item.headers),
+        auth_host=item.auth_host,
+        expected_sha256=expected.lower() if expected else None,
+        expected_size=item.size,
+        expected_git_sha1=item.git_sha1,
+        force=options.force,
+        source=item.source,
+        artifact_type=options.artifact_type or hints.get("artifact_type"),
+        meta=hints,
+    )
+
+
+def validate_sha256(value: str | None) -> str | None:
+    """Lower-cased hex, or UsageError for anything that is not 64 hex digits."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise UsageError(f"--sha256 must be 64 hex digits, got {value!r}")
+    return text
+
+
+def download_uri(config: Config, uri: str, options: DownloadOptions, progress: ProgressFactory,
+                 on_checkpoint: Callable[[], None] | None = None) -> list[DownloadResult]:
+    """Download every file ``uri`` names; raises the first error after letting the other files finish."""
+    items = resolve_uri(config, uri)
+    if not items:
+        raise UsageError(f"{redact_url(uri)} names no files", hint="check the include/exclude patterns")
+    requests_ = [build_request(config, item, options, single=len(items) == 1) for item in items]
+
+    def run(req: DownloadRequest) -> DownloadResult:
+        downloader = Downloader(config, progress=progress(), concurrency=options.concurrency,
+                                chunk_size=options.chunk_size, on_checkpoint=on_checkpoint)
+        return downloader.run(req)
+
+    if len(requests_) == 1:
+        return [run(requests_[0])]
+    results: list[DownloadResult] = []
+    errors: list[ModfetchError] = []
+    parallel = max(1, config.concurrency.batch_parallel_files)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+        for future in [pool.submit(run, r) for r in requests_]:
+            try:
+                results.append(future.result())
+            except ModfetchError as exc:
+                log.error("%s", exc.message)
+                errors.append(exc)
+    if errors:
+        first = errors[0]
+        raise ModfetchError(f"{len(errors)} of {len(requests_)} files failed; first: {first.message}",
+                            hint=first.hint)
+    return results

@@ -1,0 +1,112 @@
+"""Status and verify services over the state DB."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+from ..engine.hashing import sha256_file
+from ..errors import UsageError
+from ..paths import expand_path
+from ..state import COMPLETE, FINISHED_STATUSES, MISMATCH, VERIFIED, DownloadRow, StateDB, open_state
+
+
+def open_db(config: Config) -> StateDB:
+    """Open the state DB for a command (creating it when missing)."""
+    return open_state(config.state_db)
+
+
+def select_downloads(db: StateDB, selector: str | None, statuses: list[str] | None = None,
+                     source: str | None = None) -> list[DownloadRow]:
+    """Downloads matching an id, a path or a URL (all when ``selector`` is None)."""
+    rows = db.list_downloads(statuses=statuses, source=source)
+    if selector is None:
+        return rows
+    if selector.isdigit():
+        row = db.get_download(int(selector))
+        if row is None:
+            raise UsageError(f"no download with id {selector}", hint="run 'modfetch status' to list them")
+        return [row]
+    if "://" in selector:
+        matches = [r for r in rows if selector in (r.url, r.resolved_url)]
+    else:
+        path = str(expand_path(selector))
+        matches = [r for r in rows if r.dest_path == path or r.part_path == Path(path)]
+    if not matches:
+        raise UsageError(f"no download matches {selector!r}", hint="use an id, a file path or a URL from 'modfetch status'")
+    return matches
+
+
+def progress_of(row: DownloadRow) -> float | None:
+    """Fraction done (0..1), or None when the size is unknown."""
+    if row.status in FINISHED_STATUSES:
+        return 1.0
+    if not row.size:
+        return None
+    return min(1.0, row.bytes_done / row.size)
+
+
+@dataclass
+class VerifyOutcome:
+    """One re-hashed file."""
+
+    row: DownloadRow
+    ok: bool
+    sha256: str | None
+    message: str
+
+
+def verify_rows(db: StateDB, rows: list[DownloadRow]) -> list[VerifyOutcome]:
+    """Re-hash finished files and record ``verified`` or ``mismatch``."""
+    outcomes = []
+    for row in rows:
+        path = Path(row.dest_path)
+        if not row.sha256 or row.status not in (*FINISHED_STATUSES, MISMATCH):
+            outcomes.append(VerifyOutcome(row, False, None, f"not finished ({row.status})"))
+            continue
+        if not path.exists():
+            db.update_download(row.id, status=MISMATCH, error="file is missing")
+            outcomes.append(VerifyOutcome(row, False, None, "file is missing"))
+            continue
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            outcomes.append(VerifyOutcome(row, False, None, f"cannot read: {exc.strerror}"))
+            continue
+        if actual == row.sha256:
+            st = os.stat(path)
+            meta = dict(row.meta, stat=[st.st_size, st.st_mtime_ns, st.st_ino], verified_at=time.time())
+            db.update_download(row.id, status=VERIFIED, error=None, meta=meta)
+            outcomes.append(VerifyOutcome(row, True, actual, "ok"))
+        else:
+            db.update_download(row.id, status=MISMATCH, error=f"on-disk sha256 {actual} != recorded {row.sha256}")
+            outcomes.append(VerifyOutcome(row, False, actual, "MISMATCH"))
+    return outcomes
+
+
+def verify_paths(db: StateDB, paths: list[str]) -> list[VerifyOutcome]:
+    """Verify files by path: known downloads against the DB, others against a ``<file>.sha256`` beside them."""
+    outcomes = []
+    for raw in paths:
+        path = expand_path(raw)
+        row = db.find_by_dest(str(path))
+        if row is not None:
+            outcomes.extend(verify_rows(db, [row]))
+            continue
+        checksum = path.with_name(path.name + ".sha256")
+        if not path.exists():
+            raise UsageError(f"no such file: {path}")
+        if not checksum.exists():
+            raise UsageError(f"{path} is not a known download and has no {checksum.name}")
+        recorded = checksum.read_text(encoding="utf-8").split()[0].lower()
+        actual = sha256_file(path)
+        fake = DownloadRow(id=0, url="", dest_path=str(path), status=COMPLETE, sha256=recorded)
+        ok = actual == recorded
+        outcomes.append(VerifyOutcome(fake, ok, actual, "ok" if ok else "MISMATCH"))
+    return outcomes
+
+
+__all__ = ["VERIFIED", "VerifyOutcome", "open_db", "progress_of", "select_downloads", "verify_paths", "verify_rows"]

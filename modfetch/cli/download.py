@@ -1,0 +1,61 @@
+"""``modfetch download``: fetch URLs (http(s)://, hf://, civitai://), verify, and print path + SHA-256."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..app.download import DownloadOptions, download_uri, validate_sha256
+from ..errors import UsageError
+from ..paths import expand_path
+from ..util.sizes import parse_size
+from .context import CliState, global_options, pass_state
+from .progress import progress_factory
+
+
+@click.command("download")
+@click.argument("urls", nargs=-1)
+@click.option("--url", "url_options", multiple=True, help="URL or URI to fetch (repeatable).")
+@click.option("--dest", type=click.Path(file_okay=False), help="Destination directory (default: download_root).")
+@click.option("--out", help="File name to save as (single file only).")
+@click.option("--sha256", "sha256", help="Expected SHA-256; the download fails if the bytes differ.")
+@click.option("--force", is_flag=True, help="Replace an existing different file at the target.")
+@click.option("--concurrency", type=click.IntRange(1, 64), help="Connections per file (default: per_file_chunks).")
+@click.option("--chunk-size", help="Chunk size, e.g. 16M (default: chunk_size_mb).")
+@global_options
+@pass_state
+def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
+            out: str | None, sha256: str | None, force: bool, concurrency: int | None, chunk_size: str | None,
+            **_: Any) -> None:
+    """Download files, verify their SHA-256 and print each final path and hash.
+
+    Reruns resume from where the last run stopped; a file already present and verified is not fetched
+    again.  URIs: http(s)://..., hf://owner/repo/path[?rev=REV], civitai://model/ID[?version=V].
+    """
+    targets = [*url_options, *urls]
+    if not targets:
+        raise UsageError("nothing to download", hint="pass a URL: modfetch download --url https://host/file")
+    config = state.config
+    options = DownloadOptions(
+        dest=expand_path(dest) if dest else None,
+        out=out,
+        sha256=validate_sha256(sha256),
+        force=force,
+        concurrency=concurrency,
+        chunk_size=parse_size(chunk_size) if chunk_size else None,
+    )
+    if out and len(targets) > 1:
+        raise UsageError("--out names one file, but several URLs were given")
+    factory = progress_factory(state.quiet, state.json_output)
+    for target in targets:
+        for result in download_uri(config, target, options, factory):
+            if state.json_output:
+                import json
+
+                click.echo(json.dumps({"id": result.download_id, "path": str(result.path),
+                                       "sha256": result.sha256, "size": result.size,
+                                       "fetched_bytes": result.fetched_bytes,
+                                       "already_present": result.already_present}))
+            else:
+                click.echo(f"{result.path}\n  sha256 {result.sha256}")

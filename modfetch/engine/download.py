@@ -1,0 +1,639 @@
+"""The download coordinator: probe, plan, run workers, checkpoint state, verify, repair and finish.
+
+One call to ``Downloader.run`` downloads one file.  The calling thread coordinates: it owns the state DB
+connection, writes chunk rows when chunks complete or fail and checkpoints progress about once a second,
+drives the progress listener and watches for stalls.  Worker threads (one ``requests.Session`` each) only
+fetch, ``pwrite`` and hash.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
+from ..config import Config
+from ..errors import (
+    DiskError,
+    IntegrityError,
+    ModfetchError,
+    NetworkError,
+    RemoteChangedError,
+    TargetExistsError,
+)
+from ..progress import NullProgress, ProgressListener
+from ..resolvers.base import make_session
+from ..state import (
+    CHUNK_COMPLETE,
+    CHUNK_DIRTY,
+    CHUNK_PENDING,
+    COMPLETE,
+    FAILED,
+    FINISHED_STATUSES,
+    MISMATCH,
+    RUNNING,
+    DownloadRow,
+    StateDB,
+    open_state,
+)
+from ..util.filenames import filename_from_url, safe_join, sanitize_filename
+from ..util.http import strong_etag
+from ..util.redact import redact, redact_url
+from .files import TargetLock, fsync_dir, install_file, os_error, preallocate, write_checksum_file
+from .hashing import PrefixHasher, git_blob_sha1, hash_range, sha256_file
+from .http import RemoteChanged, RetryableError, shutdown_response
+from .plan import plan_chunks
+from .probe import ProbeResult, probe
+from .retry import backoff_wait
+from .scheduler import LiveChunk, Scheduler
+from .stream import fetch_stream
+from .fetch import BLOCK, DiskWriteError, FetchContext, fetch_chunk
+
+log = logging.getLogger("modfetch.engine")
+CHECKPOINT_SECONDS = 1.0
+HOOK_SECONDS = 5.0
+MAX_RESTARTS = 3
+
+
+@dataclass(frozen=True)
+class DownloadRequest:
+    """What to download and where.  ``filename`` is authoritative (``--out`` or a resolver's name);
+    otherwise the server's Content-Disposition, then the URL's last segment, name the file."""
+
+    url: str
+    dest_dir: Path
+    display_url: str = ""
+    filename: str | None = None
+    subdir: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    auth_host: str | None = None
+    expected_sha256: str | None = None
+    expected_size: int | None = None
+    expected_git_sha1: str | None = None
+    force: bool = False
+    source: str = "http"
+    artifact_type: str | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DownloadResult:
+    """The outcome of a successful download (or of finding the file already present)."""
+
+    download_id: int
+    path: Path
+    sha256: str
+    size: int
+    fetched_bytes: int = 0
+    elapsed_s: float = 0.0
+    already_present: bool = False
+    resumed: bool = False
+
+
+class Downloader:
+    """Runs downloads with the configured concurrency, retry policy and progress listener."""
+
+    def __init__(self, config: Config, *, progress: ProgressListener | None = None, concurrency: int | None = None,
+                 chunk_size: int | None = None, on_checkpoint: Callable[[], None] | None = None,
+                 steal: bool = True) -> None:
+        self.config = config
+        self.progress: ProgressListener = progress or NullProgress()
+        self.workers = max(1, concurrency or config.concurrency.per_file_chunks)
+        self.chunk_size = chunk_size or config.concurrency.chunk_size_mb << 20
+        self.on_checkpoint = on_checkpoint
+        self.steal = steal
+        self.timeout = (min(10.0, config.network.timeout_seconds), config.network.timeout_seconds)
+        self.base_headers = {"Accept-Encoding": "identity", "User-Agent": config.network.user_agent}
+
+    # -- public ----------------------------------------------------------------------------------------
+    def run(self, req: DownloadRequest) -> DownloadResult:
+        """Download ``req`` to its destination, resuming earlier state; raises ModfetchError on failure."""
+        started = time.monotonic()
+        db = open_state(self.config.state_db)
+        session = make_session(self.config, self.workers)
+        try:
+            info = self._probe(session, req)
+            dest = self._destination(req, info)
+            with TargetLock(self.config.data_root / "locks", dest):
+                return self._run_locked(db, session, req, info, dest, started)
+        finally:
+            session.close()
+            db.close()
+
+    # -- steps -----------------------------------------------------------------------------------------
+    def _retrying(self, cancel: threading.Event | None = None,
+                  on_retry: Callable[[RetryCallState], None] | None = None) -> Retrying:
+        cc = self.config.concurrency
+        return Retrying(
+            stop=stop_after_attempt(cc.max_retries + 1),
+            wait=backoff_wait(cc.backoff_min_ms / 1000, cc.backoff_max_ms / 1000),
+            retry=retry_if_exception_type(RetryableError),
+            sleep=(cancel.wait if cancel is not None else time.sleep),  # type: ignore[arg-type]
+            before_sleep=on_retry,
+            reraise=True,
+        )
+
+    def _probe(self, session: requests.Session, req: DownloadRequest) -> ProbeResult:
+        def note(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("probe failed (%s); retry %d", exc, state.attempt_number,
+                        extra={"url": redact_url(req.url), "attempt": state.attempt_number})
+
+        try:
+            for attempt in self._retrying(on_retry=note):
+                with attempt:
+                    return probe(session, req.url, base_headers=self.base_headers, auth=req.headers,
+                                 auth_host=req.auth_host, timeout=self.timeout)
+        except RetryableError as exc:
+            raise NetworkError(f"cannot reach {redact_url(req.display_url or req.url)}: {exc}",
+                               hint="check the URL and your connection; rerun to try again") from None
+        raise AssertionError("unreachable")
+
+    def _destination(self, req: DownloadRequest, info: ProbeResult) -> Path:
+        name = req.filename or info.filename or filename_from_url(info.url) or filename_from_url(req.url)
+        return safe_join(req.dest_dir, req.subdir, sanitize_filename(name))
+
+    def _run_locked(self, db: StateDB, session: requests.Session, req: DownloadRequest, info: ProbeResult,
+                    dest: Path, started: float) -> DownloadResult:
+        expected = req.expected_sha256.lower() if req.expected_sha256 else None
+        row = db.find_by_dest(str(dest))
+        present = self._already_present(db, row, req, info, dest, expected)
+        if present is not None:
+            return present
+        if req.expected_size is not None and info.size is not None and req.expected_size != info.size:
+            log.warning("source says %d bytes but the server sends %d", req.expected_size, info.size)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise os_error(exc, "cannot create directory", dest.parent) from None
+        row = self._prepare_row(db, row, req, info, dest, expected)
+        restarts = 0
+        while True:
+            try:
+                return self._transfer(db, session, req, info, dest, row, expected, started)
+            except RemoteChanged as change:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    db.update_download(row.id, status=FAILED, error="remote file kept changing")
+                    raise RemoteChangedError(f"the remote file kept changing while downloading {dest.name}",
+                                             hint="try again later") from None
+                log.warning("remote file changed (%s); restarting cleanly", change,
+                            extra={"download_id": row.id})
+                info = self._probe(session, req)
+                db.replace_chunks(row.id, [])
+                db.update_download(row.id, size=info.size, etag=info.etag, last_modified=info.last_modified,
+                                   bytes_done=0, resolved_url=redact_url(info.url))
+                row = db.get_download(row.id) or row
+                Path(row.part_path).unlink(missing_ok=True)
+
+    def _already_present(self, db: StateDB, row: DownloadRow | None, req: DownloadRequest, info: ProbeResult,
+                         dest: Path, expected: str | None) -> DownloadResult | None:
+        """A no-op success when the target already holds the right bytes; an error when it holds others."""
+        if not dest.exists():
+            return None
+        known: str | None = expected
+        if known is None and row is not None and row.status in FINISHED_STATUSES and row.sha256:
+            same_remote = (row.size == info.size and (not row.etag or not info.etag or row.etag == info.etag))
+            if same_remote and row.url == redact_url(req.display_url or req.url):
+                known = row.sha256
+        if known is not None:
+            actual = self._cached_sha256(row, dest)
+            if actual == known:
+                log.info("%s is already present and verified; nothing to fetch", dest)
+                write_checksum_file(dest, actual)
+                if row is None:
+                    row = db.create_download(redact_url(req.display_url or req.url), str(dest),
+                                             resolved_url=redact_url(info.url), size=dest.stat().st_size,
+                                             sha256=actual, expected_sha256=expected, status=COMPLETE,
+                                             source=req.source, artifact_type=req.artifact_type,
+                                             meta=dict(req.meta), finished_at=time.time())
+                return DownloadResult(row.id, dest, actual, dest.stat().st_size, already_present=True)
+        if req.force or self.config.general.allow_overwrite:
+            log.info("%s exists and differs; it will be replaced (--force)", dest)
+            return None
+        raise TargetExistsError(f"{dest} already exists with different or unknown content",
+                                hint="pass --sha256 to check it, --force to replace it, or --out another name")
+
+    def _cached_sha256(self, row: DownloadRow | None, dest: Path) -> str:
+        """The file's SHA-256, reusing the recorded one while size, mtime and inode are unchanged."""
+        st = dest.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        if row is not None and row.sha256 and row.meta.get("stat") == stamp:
+            return row.sha256
+        return sha256_file(dest)
+
+    def _prepare_row(self, db: StateDB, row: DownloadRow | None, req: DownloadRequest, info: ProbeResult,
+                     dest: Path, expected: str | None) -> DownloadRow:
+        url = redact_url(req.display_url or req.url)
+        fields: dict[str, Any] = dict(
+            resolved_url=redact_url(info.url), size=info.size, expected_sha256=expected, source=req.source,
+            artifact_type=req.artifact_type, meta=dict(req.meta), error=None, pid=os.getpid(),
+        )
+        if row is None:
+            if Path(str(dest) + ".part").exists():
+                log.warning("found %s.part without saved state; starting over", dest.name)
+                Path(str(dest) + ".part").unlink()
+            return db.create_download(url, str(dest), etag=info.etag, last_modified=info.last_modified, **fields)
+        same = (row.url == url and row.size == info.size and row.size is not None and info.ranges
+                and (row.etag or None) == (info.etag or None)
+                and (row.etag is not None or (row.last_modified or None) == (info.last_modified or None)))
+        if not same or row.status in FINISHED_STATUSES:
+            if row.bytes_done and row.status not in FINISHED_STATUSES:
+                log.warning("the remote file or URL changed since the last attempt; restarting cleanly",
+                            extra={"download_id": row.id})
+            db.replace_chunks(row.id, [])
+            Path(row.part_path).unlink(missing_ok=True)
+            fields.update(bytes_done=0, sha256=None, etag=info.etag, last_modified=info.last_modified,
+                          started_at=None, finished_at=None)
+        db.update_download(row.id, url=url, **fields)
+        fresh = db.get_download(row.id)
+        assert fresh is not None
+        return fresh
+
+    # -- the transfer ----------------------------------------------------------------------------------
+    def _transfer(self, db: StateDB, session: requests.Session, req: DownloadRequest, info: ProbeResult,
+                  dest: Path, row: DownloadRow, expected: str | None, started: float) -> DownloadResult:
+        part = Path(row.part_path)
+        db.update_download(row.id, status=RUNNING, pid=os.getpid(), started_at=row.started_at or time.time())
+        try:
+            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            db.update_download(row.id, status=FAILED, error=f"cannot open {part}: {exc.strerror}")
+            raise os_error(exc, "cannot open", part) from None
+        counters = _RunCounters()
+        ok = False
+        try:
+            if info.size is not None and info.ranges and info.size > 0:
+                sha256, resumed = self._chunked(db, req, info, row, fd, part, expected, counters)
+            else:
+                sha256, resumed = self._single_stream(db, session, req, info, row, fd, counters)
+            if expected and sha256 != expected:
+                raise IntegrityError(f"SHA-256 mismatch for {dest.name}: got {sha256}, expected {expected}",
+                                     hint="the server sent different bytes than the source published")
+            size = os.fstat(fd).st_size
+            if req.expected_git_sha1:
+                os.fsync(fd)
+                actual_sha1 = git_blob_sha1(part)
+                if actual_sha1 != req.expected_git_sha1.lower():
+                    raise IntegrityError(f"git blob SHA-1 mismatch for {dest.name}: got {actual_sha1}, "
+                                         f"expected {req.expected_git_sha1}")
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise os_error(exc, "cannot flush", part) from None
+            os.close(fd)
+            fd = -1
+            install_file(part, dest, overwrite=req.force or self.config.general.allow_overwrite)
+            write_checksum_file(dest, sha256)
+            st = dest.stat()
+            elapsed = time.monotonic() - started
+            meta = dict(req.meta, stat=[st.st_size, st.st_mtime_ns, st.st_ino])
+            db.update_download(row.id, status=COMPLETE, sha256=sha256, bytes_done=size, error=None,
+                               finished_at=time.time(), meta=meta)
+            ok = True
+            rate = counters.fetched / elapsed / 1e6 if elapsed > 0 else 0.0
+            log.info("done: %s (%d bytes, sha256 %s, %.1f MB/s)", dest, size, sha256, rate,
+                     extra={"download_id": row.id, "bytes": size, "elapsed_s": round(elapsed, 3),
+                            "status": COMPLETE})
+            return DownloadResult(row.id, dest, sha256, size, counters.fetched, elapsed, resumed=resumed)
+        except IntegrityError as exc:
+            db.update_download(row.id, status=MISMATCH, error=redact(exc.message))
+            db.replace_chunks(row.id, [])
+            part.unlink(missing_ok=True)
+            raise
+        except ModfetchError as exc:
+            db.update_download(row.id, status=FAILED, error=redact(exc.message))
+            raise
+        except RemoteChanged:
+            raise
+        except BaseException as exc:
+            db.update_download(row.id, status=FAILED, error=redact(f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            counters.flush(db, req.source, ok)
+            self.progress.finish(ok)
+            if self.on_checkpoint is not None:
+                self.on_checkpoint()
+
+    def _single_stream(self, db: StateDB, session: requests.Session, req: DownloadRequest, info: ProbeResult,
+                       row: DownloadRow, fd: int, counters: _RunCounters) -> tuple[str, bool]:
+        """No size or no Range support: one GET from the start; a retry starts over (nothing to resume)."""
+        log.info("downloading %s as a single stream (%s)", row.dest_path,
+                 "no size" if info.size is None else "server does not support ranges",
+                 extra={"download_id": row.id})
+        db.replace_chunks(row.id, [])
+        self.progress.start(Path(row.dest_path).name, info.size, 0)
+        cancel = threading.Event()
+        sent = [0]
+
+        def report(n: int) -> None:
+            sent[0] += n
+            counters.fetched += n
+            if n < 0:
+                counters.fetched -= n
+            self.progress.advance(n)
+
+        def note(state: RetryCallState) -> None:
+            counters.retries += 1
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("stream failed (%s); retry %d from the start", exc, state.attempt_number,
+                        extra={"download_id": row.id, "attempt": state.attempt_number})
+            report(-sent[0])
+
+        try:
+            for attempt in self._retrying(cancel, note):
+                with attempt:
+                    return fetch_stream(session, info.url, fd=fd, expected_size=info.size,
+                                        base_headers=self.base_headers, auth=req.headers,
+                                        auth_host=req.auth_host, timeout=self.timeout, on_bytes=report), False
+        except RetryableError as exc:
+            raise NetworkError(f"download of {Path(row.dest_path).name} failed after retries: {exc}",
+                               hint="rerun the same command to try again") from None
+        except OSError as exc:
+            raise os_error(exc, "cannot write", row.part_path) from None
+        raise AssertionError("unreachable")
+
+    def _chunked(self, db: StateDB, req: DownloadRequest, info: ProbeResult, row: DownloadRow, fd: int,
+                 part: Path, expected: str | None, counters: _RunCounters) -> tuple[str, bool]:
+        assert info.size is not None
+        size = info.size
+        preallocate(fd, size, part)
+        rows = db.get_chunks(row.id)
+        resumed = bool(rows)
+        if rows:
+            chunks = [LiveChunk.from_row(r) for r in rows]
+            self._reverify(chunks, fd, size, db, row.id)
+        else:
+            chunks = [LiveChunk.from_row(r) for r in plan_chunks(size, self.workers, self.chunk_size)]
+            db.replace_chunks(row.id, [c.to_row() for c in chunks])
+        for chunk in chunks:
+            if chunk.status != CHUNK_COMPLETE:
+                chunk.hasher = hashlib.sha256()
+                if chunk.done:
+                    # Resume inside the chunk: hash what is already on disk, then continue after it.
+                    chunk.hasher.update(os.pread(fd, chunk.done, chunk.start))
+        done_before = sum(c.end - c.start if c.status == CHUNK_COMPLETE else c.done for c in chunks)
+        if resumed:
+            log.info("resuming %s: %d of %d bytes already on disk", Path(row.dest_path).name, done_before, size,
+                     extra={"download_id": row.id, "bytes": done_before})
+        log.info("downloading %s: %d bytes in %d chunks over %d connections", Path(row.dest_path).name, size,
+                 len(chunks), self.workers, extra={"download_id": row.id, "url": redact_url(req.display_url)})
+        self.progress.start(Path(row.dest_path).name, size, done_before)
+        sha256 = self._run_workers(db, req, info, row, fd, chunks, counters, hash_while_downloading=True)
+        if expected and sha256 != expected:
+            sha256 = self._repair(db, req, info, row, fd, counters, expected, sha256)
+        return sha256, resumed
+
+    def _reverify(self, chunks: list[LiveChunk], fd: int, size: int, db: StateDB, download_id: int) -> None:
+        """Trust no completed chunk on resume until its bytes hash to what was recorded."""
+        try:
+            on_disk = os.fstat(fd).st_size
+        except OSError:
+            on_disk = 0
+        complete = [c for c in chunks if c.status == CHUNK_COMPLETE]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            digests = list(pool.map(lambda c: hash_range(fd, c.start, c.end) if c.end <= on_disk else None, complete))
+        dirty = [c for c, digest in zip(complete, digests, strict=True) if digest != c.sha256]
+        for chunk in chunks:
+            if chunk.status != CHUNK_COMPLETE and chunk.start + chunk.done > on_disk:
+                chunk.done = max(0, on_disk - chunk.start)
+        for chunk in dirty:
+            chunk.reset()
+        if dirty:
+            log.warning("%d completed chunk(s) no longer match their hash; fetching them again", len(dirty),
+                        extra={"download_id": download_id})
+            db.save_chunks(download_id, [c.to_row() for c in chunks])
+
+    def _repair(self, db: StateDB, req: DownloadRequest, info: ProbeResult, row: DownloadRow, fd: int,
+                counters: _RunCounters, expected: str, got: str) -> str:
+        """Final hash mismatch: find chunks whose bytes changed on disk, fetch only those, hash again."""
+        chunks = [LiveChunk.from_row(r) for r in db.get_chunks(row.id)]
+        dirty = [c for c in chunks if hash_range(fd, c.start, c.end) != c.sha256]
+        if not dirty:
+            raise IntegrityError(
+                f"SHA-256 mismatch for {Path(row.dest_path).name}: got {got}, expected {expected}",
+                hint="every chunk arrived intact, so the server itself sent different bytes than published")
+        log.warning("final hash mismatch: repairing %d chunk(s)", len(dirty), extra={"download_id": row.id})
+        for chunk in dirty:
+            chunk.reset()
+            chunk.status = CHUNK_DIRTY
+        db.save_chunks(row.id, [c.to_row() for c in chunks])
+        for chunk in dirty:
+            chunk.status = CHUNK_PENDING
+        self._run_workers(db, req, info, row, fd, chunks, counters, hash_while_downloading=False)
+        return hash_range(fd, 0, info.size or 0)
+
+    def _run_workers(self, db: StateDB, req: DownloadRequest, info: ProbeResult, row: DownloadRow, fd: int,
+                     chunks: list[LiveChunk], counters: _RunCounters, hash_while_downloading: bool) -> str:
+        assert info.size is not None
+        scheduler = Scheduler(chunks, steal=self.steal)
+        cancel = threading.Event()
+        validator = strong_etag(info.etag) or (info.last_modified if info.last_modified else None)
+        ctx = FetchContext(url=info.url, size=info.size, fd=fd, base_headers=self.base_headers, auth=req.headers,
+                           auth_host=req.auth_host, timeout=self.timeout, etag=info.etag, if_range=validator,
+                           cancel=cancel)
+        events: queue.Queue[tuple[str, LiveChunk, BaseException | None]] = queue.Queue()
+        hasher = PrefixHasher(fd, info.size, scheduler.available, cancel) if hash_while_downloading else None
+        pending = [c for c in chunks if c.status != CHUNK_COMPLETE]
+        workers = max(1, min(self.workers, len(pending) if not self.steal else self.workers))
+        if hasher is not None:
+            hasher.start()
+        failure: BaseException | None = None
+        last_checkpoint = last_hook = time.monotonic()
+        reported = scheduler.bytes_done()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modfetch-w") as pool:
+            futures = [pool.submit(self._worker, ctx, scheduler, events, counters, row.id) for _ in range(workers)]
+            try:
+                while True:
+                    finished, _ = concurrent.futures.wait(futures, timeout=0.25)
+                    failure = self._drain(db, row.id, scheduler, events, failure, cancel)
+                    now = time.monotonic()
+                    done_now = scheduler.bytes_done()
+                    if done_now != reported:
+                        self.progress.advance(done_now - reported)
+                        counters.fetched += max(0, done_now - reported)
+                        reported = done_now
+                    if now - last_checkpoint >= CHECKPOINT_SECONDS:
+                        self._checkpoint(db, row.id, scheduler)
+                        counters.flush(db, req.source, None)
+                        last_checkpoint = now
+                    if self.on_checkpoint is not None and now - last_hook >= HOOK_SECONDS:
+                        self.on_checkpoint()
+                        last_hook = now
+                    self._watchdog(ctx)
+                    if len(finished) == len(futures):
+                        break
+            except BaseException:
+                cancel.set()
+                for response, _ in list(ctx.active.values()):
+                    shutdown_response(response)
+                concurrent.futures.wait(futures)
+                self._drain(db, row.id, scheduler, events, None, cancel)
+                self._checkpoint(db, row.id, scheduler)
+                raise
+        failure = self._drain(db, row.id, scheduler, events, failure, cancel)
+        self._checkpoint(db, row.id, scheduler)
+        if failure is None:
+            for future in futures:
+                if future.exception() is not None:
+                    failure = future.exception()
+        if failure is not None:
+            cancel.set()
+            if hasher is not None:
+                hasher.join()
+            self._raise_failure(failure, row)
+        unfinished = [c for c in scheduler.chunks if c.status != CHUNK_COMPLETE]
+        if unfinished:
+            raise NetworkError(f"download of {Path(row.dest_path).name} stopped with {len(unfinished)} chunk(s) "
+                               "unfinished", hint="rerun the same command to resume")
+        if hasher is not None:
+            hasher.join()
+            digest = hasher.result()
+            if digest is not None:
+                return digest
+            log.debug("prefix hasher did not finish (%s); hashing the whole file", hasher.error)
+        return hash_range(fd, 0, info.size)
+
+    def _worker(self, ctx: FetchContext, scheduler: Scheduler, events: queue.Queue[Any], counters: _RunCounters,
+                download_id: int) -> None:
+        session = make_session(self.config, 2)
+        buf = bytearray(BLOCK)
+        try:
+            while not ctx.cancel.is_set():
+                chunk = scheduler.next_chunk()
+                if chunk is None:
+                    return
+                if chunk.hasher is None:
+                    chunk.hasher = hashlib.sha256()
+                try:
+                    self._fetch_with_retries(ctx, chunk, session, buf, counters, download_id)
+                except BaseException as exc:
+                    events.put(("failed", chunk, exc))
+                    ctx.cancel.set()
+                    return
+                if ctx.cancel.is_set() and chunk.position < chunk.end:
+                    events.put(("failed", chunk, None))
+                    return
+                chunk.sha256 = chunk.hasher.hexdigest()
+                chunk.status = CHUNK_COMPLETE
+                events.put(("complete", chunk, None))
+        finally:
+            session.close()
+
+    def _fetch_with_retries(self, ctx: FetchContext, chunk: LiveChunk, session: requests.Session, buf: bytearray,
+                            counters: _RunCounters, download_id: int) -> None:
+        cc = self.config.concurrency
+        wait = backoff_wait(cc.backoff_min_ms / 1000, cc.backoff_max_ms / 1000)
+        while True:
+            before = chunk.done
+            try:
+                fetch_chunk(ctx, chunk, session, buf)
+                return
+            except RetryableError as exc:
+                # Attempts are counted per chunk and reset whenever an attempt made progress, so a link that
+                # drops every few MB still finishes a 100 GB file.
+                chunk.failures = 0 if chunk.done > before else chunk.failures + 1
+                if chunk.failures > cc.max_retries:
+                    raise NetworkError(f"giving up on bytes {chunk.position}-{chunk.end - 1} after "
+                                       f"{cc.max_retries} retries: {exc}",
+                                       hint="rerun the same command to resume") from None
+                delay = wait.delay(max(1, chunk.failures), exc.retry_after)
+                with counters.lock:
+                    counters.retries += 1
+                log.warning("chunk %d: %s; retry %d in %.1fs", chunk.idx, exc, chunk.failures, delay,
+                            extra={"download_id": download_id, "chunk": chunk.idx, "attempt": chunk.failures})
+                if ctx.cancel.wait(delay):
+                    return
+
+    def _drain(self, db: StateDB, download_id: int, scheduler: Scheduler, events: queue.Queue[Any],
+               failure: BaseException | None, cancel: threading.Event) -> BaseException | None:
+        changed: list[LiveChunk] = scheduler.take_new_chunks()
+        while True:
+            try:
+                kind, chunk, exc = events.get_nowait()
+            except queue.Empty:
+                break
+            changed.append(chunk)
+            if kind == "failed" and exc is not None and failure is None:
+                failure = exc
+                cancel.set()
+        if changed:
+            for chunk in scheduler.chunks:
+                if chunk not in changed and chunk.status != CHUNK_PENDING:
+                    changed.append(chunk)  # a victim whose end moved
+            db.save_chunks(download_id, [c.to_row() for c in changed], scheduler.bytes_done())
+        return failure
+
+    def _checkpoint(self, db: StateDB, download_id: int, scheduler: Scheduler) -> None:
+        """Persist running chunks' progress (bounded loss on kill -9: about one second of transfer)."""
+        with scheduler.lock:
+            rows = [c.to_row() for c in scheduler.chunks if c.status != CHUNK_COMPLETE]
+        for r in rows:
+            if r.status == "running":
+                r.status = CHUNK_PENDING if r.bytes_done == 0 else "running"
+        db.save_chunks(download_id, rows, scheduler.bytes_done())
+
+    def _watchdog(self, ctx: FetchContext) -> None:
+        """Abort reads that made no progress for twice the timeout (trickling servers never time out)."""
+        limit = 2 * ctx.timeout[1]
+        now = time.monotonic()
+        for response, last in list(ctx.active.values()):
+            if now - last > limit:
+                log.warning("a connection stalled for %.0fs; reconnecting", now - last)
+                shutdown_response(response)
+
+    def _raise_failure(self, failure: BaseException, row: DownloadRow) -> None:
+        if isinstance(failure, RemoteChanged):
+            raise failure
+        if isinstance(failure, DiskWriteError):
+            raise os_error(failure.os_error, "cannot write", row.part_path) from None
+        if isinstance(failure, ModfetchError):
+            raise failure
+        if isinstance(failure, OSError):
+            raise os_error(failure, "cannot write", row.part_path) from None
+        raise failure
+
+
+class _RunCounters:
+    """Bytes fetched and retries in this run, flushed to the DB counters behind the metrics."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.fetched = 0
+        self.retries = 0
+        self._flushed_fetched = 0
+        self._flushed_retries = 0
+
+    def flush(self, db: StateDB, source: str, ok: bool | None) -> None:
+        """Add what changed since the last flush; ``ok`` True/False also counts the outcome."""
+        labels = f'source="{source}"'
+        increments = []
+        if self.fetched != self._flushed_fetched:
+            increments.append(("downloaded_bytes", labels, float(self.fetched - self._flushed_fetched)))
+            self._flushed_fetched = self.fetched
+        if self.retries != self._flushed_retries:
+            increments.append(("retries", labels, float(self.retries - self._flushed_retries)))
+            self._flushed_retries = self.retries
+        if ok is not None:
+            increments.append(("downloads_succeeded" if ok else "downloads_failed", labels, 1.0))
+        if increments:
+            try:
+                db.add_counters(increments)
+            except Exception as exc:  # metrics must never break a download
+                log.debug("could not record counters: %s", exc)
+
+
+__all__ = ["DownloadRequest", "DownloadResult", "Downloader", "fsync_dir"]

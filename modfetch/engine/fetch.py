@@ -1,0 +1,165 @@
+"""One worker's job: fetch the rest of a chunk with a validated ranged GET, writing with ``os.pwrite``.
+
+Every response is checked before a byte is written: a 206 must start exactly where we asked and carry the
+total we planned for, a 200 to a ranged request is never written at an offset, a changed ETag stops the run.
+Bytes are counted against what the range promised; a short body is a retryable error that resumes from the
+chunk's own progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import requests
+
+from ..util.http import etag_value, parse_content_range, parse_unsatisfied_range
+from .http import RemoteChanged, RetryableError, check_status, request
+from .scheduler import LiveChunk
+
+log = logging.getLogger("modfetch.engine")
+BLOCK = 1 << 20
+
+
+@dataclass
+class FetchContext:
+    """Everything a worker needs that is the same for all chunks of one download."""
+
+    url: str
+    size: int
+    fd: int
+    base_headers: Mapping[str, str]
+    auth: Mapping[str, str]
+    auth_host: str | None
+    timeout: tuple[float, float]
+    etag: str | None
+    if_range: str | None
+    cancel: threading.Event
+    # Per-thread slots for the stall watchdog: thread id -> (response, time of last progress).
+    active: dict[int, tuple[requests.Response, float]] = field(default_factory=dict)
+
+
+class FatalChunkError(Exception):
+    """Raised inside a worker for a failure retrying will not fix; wraps the ModfetchError to show."""
+
+
+class DiskWriteError(Exception):
+    """pwrite failed: never retried, surfaced as a DiskError by the coordinator."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(str(exc))
+        self.os_error = exc
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    try:
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+    except OSError as exc:
+        raise DiskWriteError(exc) from None
+
+
+def fetch_chunk(ctx: FetchContext, chunk: LiveChunk, session: requests.Session, buf: bytearray) -> None:
+    """Fetch ``chunk`` from its current position to its end (which may shrink meanwhile through stealing)."""
+    while chunk.position < chunk.end and not ctx.cancel.is_set():
+        _fetch_once(ctx, chunk, session, buf)
+
+
+def _fetch_once(ctx: FetchContext, chunk: LiveChunk, session: requests.Session, buf: bytearray) -> None:
+    pos, end = chunk.position, chunk.end
+    headers = dict(ctx.base_headers, Range=f"bytes={pos}-{end - 1}")
+    if ctx.if_range:
+        headers["If-Range"] = ctx.if_range
+    response, url = request(session, "GET", ctx.url, base_headers=headers, auth=ctx.auth, auth_host=ctx.auth_host,
+                            timeout=ctx.timeout)
+    consumed = False
+    try:
+        if response.status_code == 416:
+            total = parse_unsatisfied_range(response.headers.get("Content-Range"))
+            raise RemoteChanged(f"server says range {pos}-{end - 1} is unsatisfiable (size now {total})")
+        check_status(response, url)
+        received_etag = response.headers.get("ETag")
+        if ctx.etag and received_etag and etag_value(received_etag) != etag_value(ctx.etag):
+            raise RemoteChanged(f"ETag changed from {ctx.etag} to {received_etag}")
+        if response.status_code == 200:
+            raise RemoteChanged("server answered a ranged request with the whole file (200)"
+                                + (" — the remote file changed" if ctx.if_range else ""))
+        if response.status_code != 206:
+            raise RetryableError(f"unexpected HTTP {response.status_code} to a ranged request")
+        content_range = parse_content_range(response.headers.get("Content-Range"))
+        if content_range is None or content_range.start != pos:
+            raise RetryableError(f"server sent Content-Range {response.headers.get('Content-Range')!r} "
+                                 f"for a request starting at {pos}")
+        if content_range.total is not None and content_range.total != ctx.size:
+            raise RemoteChanged(f"size changed from {ctx.size} to {content_range.total}")
+        expected = min(content_range.length, end - pos)
+        if content_range.end >= end:
+            expected = end - pos
+        length_header = response.headers.get("Content-Length")
+        if length_header is not None and length_header.isdigit() and int(length_header) != content_range.length:
+            raise RetryableError(f"Content-Length {length_header} disagrees with Content-Range "
+                                 f"{response.headers.get('Content-Range')}")
+        consumed = _stream_into(ctx, chunk, response, buf, expected, content_range.length)
+    finally:
+        ctx.active.pop(threading.get_ident(), None)
+        if consumed:
+            response.raw.release_conn()  # body fully read: keep the connection alive for the next chunk
+        else:
+            response.close()
+
+
+def _stream_into(ctx: FetchContext, chunk: LiveChunk, response: requests.Response, buf: bytearray,
+                 wanted: int, body_length: int) -> bool:
+    """Copy up to ``wanted`` body bytes to the chunk's position; True when the body was read to its end."""
+    raw = response.raw
+    fp = getattr(raw, "_fp", None)
+    # http.client's readinto fills our buffer straight from the socket (no per-block bytes objects);
+    # urllib3's own read() allocates, so it is only the fallback.
+    readinto = getattr(fp, "readinto", None) if fp is not None else None
+    view = memoryview(buf)
+    hasher = chunk.hasher
+    thread = threading.get_ident()
+    ctx.active[thread] = (response, time.monotonic())
+    got = 0
+    try:
+        while got < wanted:
+            if ctx.cancel.is_set():
+                return False
+            pos = chunk.position
+            limit = min(len(buf), wanted - got, chunk.end - pos)
+            if limit <= 0:
+                return False  # the back of this chunk was stolen
+            if readinto is not None:
+                n = readinto(view[:limit])
+            else:
+                data = raw.read(limit)
+                n = len(data)
+                view[:n] = data
+            if not n:
+                raise RetryableError(f"connection closed after {got} of {wanted} bytes")
+            stop = chunk.end - pos  # re-read: a steal may have moved the end during the read
+            if n > stop:
+                n = stop
+            if n <= 0:
+                return False
+            block = view[:n]
+            _pwrite_all(ctx.fd, block, pos)
+            hasher.update(block)
+            chunk.done += n
+            got += n
+            ctx.active[thread] = (response, time.monotonic())
+    except (OSError, ValueError) as exc:
+        raise RetryableError(f"connection failed after {got} of {wanted} bytes: {type(exc).__name__}") from None
+    except requests.RequestException as exc:
+        raise RetryableError(f"connection failed after {got} of {wanted} bytes: {type(exc).__name__}") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith(("urllib3", "http.client")):
+            raise RetryableError(f"connection failed after {got} of {wanted} bytes: {type(exc).__name__}") from None
+        raise
+    return got == body_length

@@ -1,0 +1,133 @@
+"""File-system side of a download: the per-target lock, preallocation, and the atomic no-clobber finish."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+from pathlib import Path
+
+from ..errors import DiskError, LockedError, TargetExistsError
+
+
+def os_error(exc: OSError, action: str, path: str | os.PathLike[str]) -> DiskError:
+    """A one-line DiskError for an OSError (ENOSPC, EROFS, EACCES, ...)."""
+    hints = {
+        errno.ENOSPC: "free some space and rerun the same command: the download resumes where it stopped",
+        errno.EDQUOT: "free some space and rerun the same command: the download resumes where it stopped",
+        errno.EROFS: "choose a writable --dest",
+        errno.EACCES: "check the directory's permissions or choose another --dest",
+    }
+    message = f"{action} {path}: {exc.strerror or exc}"
+    error = DiskError(message, hint=hints.get(exc.errno or 0))
+    error.errno = exc.errno
+    return error
+
+
+class TargetLock:
+    """An exclusive advisory lock (``fcntl.flock``) per final path, held for the whole download."""
+
+    def __init__(self, lock_dir: Path, target: Path) -> None:
+        digest = hashlib.sha1(str(target).encode()).hexdigest()[:20]
+        self.path = lock_dir / f"{digest}.lock"
+        self.target = target
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise LockedError naming the holder's pid."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise os_error(exc, "cannot create lock file", self.path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise LockedError(f"another modfetch process (pid {holder}) is already downloading {self.target}",
+                              hint="wait for it to finish; rerunning afterwards is safe") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        """Drop the lock."""
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> TargetLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def preallocate(fd: int, size: int, path: Path) -> None:
+    """Reserve ``size`` bytes (fallocate; truncate where unsupported) so ENOSPC surfaces before any transfer."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            try:
+                if os.fstat(fd).st_size < size:
+                    os.ftruncate(fd, size)
+            except OSError as inner:
+                raise os_error(inner, "cannot allocate", path) from None
+            return
+        raise os_error(exc, f"cannot allocate {size} bytes for", path) from None
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename in it is durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def install_file(part: Path, final: Path, overwrite: bool) -> None:
+    """Move ``part`` to ``final`` atomically; without ``overwrite`` an existing file is never replaced."""
+    try:
+        if overwrite:
+            os.replace(part, final)
+        else:
+            try:
+                os.link(part, final)  # fails with EEXIST instead of clobbering a file that appeared meanwhile
+            except FileExistsError:
+                raise TargetExistsError(f"{final} appeared while downloading; not overwriting it",
+                                        hint="the new bytes are kept in " + str(part)) from None
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                    raise
+                if final.exists():
+                    raise TargetExistsError(f"{final} already exists; not overwriting it") from None
+                os.rename(part, final)
+            else:
+                os.unlink(part)
+    except OSError as exc:
+        raise os_error(exc, "cannot move the finished file to", final) from None
+    fsync_dir(final.parent)
+
+
+def write_checksum_file(final: Path, sha256: str) -> Path:
+    """Write ``<final>.sha256`` in ``sha256sum`` format atomically; returns its path."""
+    checksum = final.with_name(final.name + ".sha256")
+    temp = final.with_name(f".{final.name}.sha256.{os.getpid()}.tmp")
+    try:
+        temp.write_text(f"{sha256}  {final.name}\n", encoding="utf-8")
+        os.replace(temp, checksum)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise os_error(exc, "cannot write", checksum) from None
+    return checksum

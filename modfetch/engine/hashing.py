@@ -1,0 +1,90 @@
+"""Hashing helpers: whole-file and range hashes with a reused buffer, git blob SHA-1, and the prefix hasher
+that computes the final SHA-256 while later chunks are still downloading."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+
+READ_BLOCK = 4 << 20
+
+
+def hash_range(fd: int, start: int, end: int, buffer: bytearray | None = None) -> str:
+    """SHA-256 hex of bytes ``[start, end)`` of an open file (short file -> hash of what is there)."""
+    digest = hashlib.sha256()
+    buf = buffer if buffer is not None else bytearray(READ_BLOCK)
+    view = memoryview(buf)
+    pos = start
+    while pos < end:
+        n = os.preadv(fd, [view[: min(len(buf), end - pos)]], pos)
+        if n <= 0:
+            break
+        digest.update(view[:n])
+        pos += n
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex of a whole file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return hash_range(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def git_blob_sha1(path: str | os.PathLike[str]) -> str:
+    """The git blob SHA-1 of a file: sha1(``blob <size>\\0`` + content), as Hugging Face ETags use."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha1(f"blob {size}\0".encode())
+    with open(path, "rb") as handle:
+        while block := handle.read(READ_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class PrefixHasher(threading.Thread):
+    """Hashes the file front to back as the contiguous prefix becomes available, overlapping the download.
+
+    ``available(offset)`` returns how many bytes from ``offset`` are known to be on disk (0 when the byte at
+    ``offset`` has not arrived yet).  The data is read back with ``preadv`` right after workers wrote it, so
+    it comes from the page cache; hashlib releases the GIL on large buffers, so this runs beside the workers.
+    """
+
+    def __init__(self, fd: int, size: int, available: Callable[[int], int], stop: threading.Event) -> None:
+        super().__init__(name="modfetch-prefix-hasher", daemon=True)
+        self.fd = fd
+        self.size = size
+        self.available = available
+        self.stop_event = stop
+        self.offset = 0
+        self.digest = hashlib.sha256()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        buf = bytearray(READ_BLOCK)
+        view = memoryview(buf)
+        try:
+            while self.offset < self.size and not self.stop_event.is_set():
+                ready = min(self.available(self.offset), self.size - self.offset)
+                if ready <= 0:
+                    time.sleep(0.02)
+                    continue
+                while ready > 0:
+                    n = os.preadv(self.fd, [view[: min(len(buf), ready)]], self.offset)
+                    if n <= 0:
+                        raise OSError("short read while hashing")
+                    self.digest.update(view[:n])
+                    self.offset += n
+                    ready -= n
+        except BaseException as exc:  # surfaced by the coordinator, which falls back to a full pass
+            self.error = exc
+
+    def result(self) -> str | None:
+        """The hex digest if the whole file was hashed, else None."""
+        if self.error is None and self.offset == self.size:
+            return self.digest.hexdigest()
+        return None

@@ -1,0 +1,105 @@
+"""HTTP plumbing for the engine: redirect following that keeps auth on its host, and status classification."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from ..errors import AuthError, HTTPStatusError, NotFoundError
+from ..util.http import parse_retry_after
+from ..util.redact import redact_url
+
+MAX_REDIRECTS = 10
+REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+RETRYABLE_STATUSES = {408, 425, 429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524, 529}
+
+
+class RetryableError(Exception):
+    """A transient failure worth retrying; ``retry_after`` is the server's requested delay, if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RemoteChanged(Exception):
+    """The remote entity is not the one we started with (validator, size or Range support changed)."""
+
+
+def host_of(url: str) -> str:
+    """``host[:port]`` of a URL, lower-cased: the unit auth headers are bound to."""
+    return urlsplit(url).netloc.rsplit("@", 1)[-1].lower()
+
+
+def headers_for(url: str, base: Mapping[str, str], auth: Mapping[str, str], auth_host: str | None,
+                auth_scheme: str | None = None) -> dict[str, str]:
+    """Request headers for ``url``: ``auth`` headers only when the URL is on ``auth_host`` over the same or a
+    stronger scheme (never downgraded from https to http)."""
+    headers = dict(base)
+    parts = urlsplit(url)
+    if auth and auth_host and host_of(url) == auth_host and not (auth_scheme == "https" and parts.scheme != "https"):
+        headers.update(auth)
+    return headers
+
+
+def request(session: requests.Session, method: str, url: str, *, base_headers: Mapping[str, str],
+            auth: Mapping[str, str], auth_host: str | None, timeout: tuple[float, float],
+            stream: bool = True) -> tuple[requests.Response, str]:
+    """Send ``method`` following redirects by hand so auth never leaves ``auth_host``; return (response, url)."""
+    auth_scheme = urlsplit(url).scheme if auth_host and host_of(url) == auth_host else None
+    for _ in range(MAX_REDIRECTS + 1):
+        headers = headers_for(url, base_headers, auth, auth_host, auth_scheme)
+        try:
+            response = session.request(method, url, headers=headers, stream=stream, timeout=timeout,
+                                       allow_redirects=False)
+        except (requests.ConnectionError, requests.Timeout, socket.timeout) as exc:
+            raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None
+        except requests.RequestException as exc:
+            raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None
+        if response.status_code in REDIRECT_STATUSES and response.headers.get("Location"):
+            next_url = urljoin(url, response.headers["Location"])
+            response.close()
+            if urlsplit(next_url).scheme not in ("http", "https"):
+                raise HTTPStatusError(f"redirect to unsupported URL {redact_url(next_url)}", response.status_code)
+            if method == "POST" and response.status_code == 303:
+                method = "GET"
+            url = next_url
+            continue
+        return response, url
+    raise HTTPStatusError(f"too many redirects fetching {redact_url(url)}", 310)
+
+
+def check_status(response: requests.Response, url: str, what: str = "") -> None:
+    """Raise RetryableError for transient statuses and a clear HTTPStatusError for final ones (>= 400)."""
+    status = response.status_code
+    if status < 400:
+        return
+    label = what or redact_url(url)
+    if status in RETRYABLE_STATUSES:
+        raise RetryableError(f"HTTP {status} from {host_of(url)}", parse_retry_after(response.headers.get("Retry-After")))
+    if status in (401, 403):
+        raise AuthError(f"HTTP {status} {response.reason or ''}: access denied to {label}".replace("  ", " "),
+                        status, hint="the server needs credentials or refused them")
+    if status in (404, 410):
+        raise NotFoundError(f"HTTP {status}: not found: {label}", status)
+    raise HTTPStatusError(f"HTTP {status} {response.reason or ''}: {label}".replace("  ", " "), status)
+
+
+def shutdown_response(response: requests.Response | None) -> None:
+    """Wake a thread blocked reading ``response`` by shutting its socket down (stall watchdog)."""
+    if response is None:
+        return
+    raw = response.raw
+    candidates = [getattr(getattr(raw, "_connection", None), "sock", None)]
+    fp = getattr(raw, "_fp", None)
+    candidates.append(getattr(getattr(getattr(fp, "fp", None), "raw", None), "_sock", None))
+    for sock in candidates:
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+                return
+            except OSError:
+                continue

@@ -1,0 +1,27 @@
+"""Chunk planning (pure): split ``size`` bytes into ranges sized for the connection count."""
+
+from __future__ import annotations
+
+from ..state import ChunkRow
+
+MIN_CHUNK = 1 << 20          # below this, more connections cost more than they bring
+CHUNKS_PER_WORKER = 4        # a few chunks per connection keeps the tail short before stealing starts
+
+
+def plan_chunks(size: int, workers: int, chunk_size: int) -> list[ChunkRow]:
+    """Half-open ranges ``[start, end)`` covering ``[0, size)``.
+
+    Chunks are at most ``chunk_size``; small files get smaller chunks so every worker has work, but never
+    below MIN_CHUNK (a 3 MiB file uses 3 chunks, not 8).  Work stealing splits the tail at run time.
+    """
+    if size <= 0:
+        return []
+    workers = max(1, workers)
+    chunk_size = max(1, chunk_size)
+    target = -(-size // (workers * CHUNKS_PER_WORKER))
+    length = max(min(chunk_size, max(target, MIN_CHUNK)), 1)
+    length = min(length, size)
+    chunks = []
+    for idx, start in enumerate(range(0, size, length)):
+        chunks.append(ChunkRow(idx=idx, start=start, end=min(start + length, size)))
+    return chunks

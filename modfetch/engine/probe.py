@@ -1,0 +1,97 @@
+"""Probe a URL before downloading: size, real Range support, validators and the server's file name.
+
+HEAD first (some servers refuse it or lie), then always a ``GET Range: bytes=0-0``: only a 206 whose
+Content-Range starts at 0 proves ranges work, and its total is trusted over any HEAD Content-Length.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import requests
+
+from ..errors import HTTPStatusError
+from ..util.http import parse_content_disposition_filename, parse_content_range, parse_unsatisfied_range
+from ..util.redact import redact_url
+from .http import RetryableError, check_status, request
+
+log = logging.getLogger("modfetch.engine")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What the server told us about the entity."""
+
+    url: str                      # final URL after redirects (where chunk requests go)
+    size: int | None              # None: unknown (chunked transfer / no Content-Length)
+    ranges: bool                  # a ranged GET was really answered with a correct 206
+    etag: str | None
+    last_modified: str | None
+    filename: str | None          # from Content-Disposition, unsanitised
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None and value.strip().isdigit() else None
+    except ValueError:
+        return None
+
+
+def probe(session: requests.Session, url: str, *, base_headers: Mapping[str, str], auth: Mapping[str, str],
+          auth_host: str | None, timeout: tuple[float, float]) -> ProbeResult:
+    """Probe ``url``; raises RetryableError for transient failures and ModfetchError subclasses for final ones."""
+    head_size: int | None = None
+    head_etag = head_modified = head_name = None
+    try:
+        response, final = request(session, "HEAD", url, base_headers=base_headers, auth=auth,
+                                  auth_host=auth_host, timeout=timeout, stream=False)
+    except RetryableError as exc:
+        log.debug("HEAD failed (%s); probing with GET", exc)
+    else:
+        response.close()
+        if response.status_code == 200:
+            if not response.headers.get("Content-Encoding", "identity").lower() in ("identity", ""):
+                head_size = None
+            else:
+                head_size = _int(response.headers.get("Content-Length"))
+            head_etag = response.headers.get("ETag")
+            head_modified = response.headers.get("Last-Modified")
+            head_name = parse_content_disposition_filename(response.headers.get("Content-Disposition"))
+        elif response.status_code in (404, 410):
+            check_status(response, final)
+        else:
+            log.debug("HEAD answered %s; probing with GET", response.status_code)
+
+    headers = dict(base_headers, Range="bytes=0-0")
+    response, final = request(session, "GET", url, base_headers=headers, auth=auth, auth_host=auth_host,
+                              timeout=timeout, stream=True)
+    with response:
+        name = parse_content_disposition_filename(response.headers.get("Content-Disposition")) or head_name
+        etag = response.headers.get("ETag") or head_etag
+        modified = response.headers.get("Last-Modified") or head_modified
+        if response.status_code == 416:
+            total = parse_unsatisfied_range(response.headers.get("Content-Range"))
+            if total == 0 or (total is None and head_size == 0):
+                return ProbeResult(final, 0, True, etag, modified, name)
+            raise RetryableError(f"416 to bytes=0-0 from {redact_url(final)}")
+        check_status(response, final)
+        if response.status_code == 206:
+            content_range = parse_content_range(response.headers.get("Content-Range"))
+            if content_range is not None and content_range.start == 0 and content_range.total is not None:
+                if head_size is not None and head_size != content_range.total:
+                    log.warning("server's HEAD says %d bytes but its ranged GET says %d; trusting the GET",
+                                head_size, content_range.total)
+                return ProbeResult(final, content_range.total, True, etag, modified, name)
+            log.warning("server sent a 206 with a bad Content-Range (%r); downloading as one stream",
+                        response.headers.get("Content-Range"))
+            return ProbeResult(final, head_size, False, etag, modified, name)
+        if response.status_code == 200:
+            encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+            size = None if encoded else _int(response.headers.get("Content-Length"))
+            if head_size is not None and size is not None and head_size != size:
+                log.warning("server's HEAD says %d bytes but GET says %d; trusting the GET", head_size, size)
+            return ProbeResult(final, size, False, etag, modified, name)
+        raise HTTPStatusError(f"unexpected HTTP {response.status_code} from {redact_url(final)}",
+                              response.status_code)

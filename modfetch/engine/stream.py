@@ -1,0 +1,73 @@
+"""Single-stream download for servers without size or Range support: one GET, written front to back."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Mapping
+
+import requests
+
+from .fetch import BLOCK
+from .http import RemoteChanged, RetryableError, check_status, request
+
+
+def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size: int | None,
+                 base_headers: Mapping[str, str], auth: Mapping[str, str], auth_host: str | None,
+                 timeout: tuple[float, float], on_bytes: Callable[[int], None]) -> str:
+    """Download the whole body into ``fd`` from offset 0, returning its SHA-256; the file is truncated to the
+    body's length.  A short body (fewer bytes than Content-Length) is a RetryableError."""
+    response, final = request(session, "GET", url, base_headers=base_headers, auth=auth, auth_host=auth_host,
+                              timeout=timeout)
+    with response:
+        check_status(response, final)
+        if response.status_code != 200:
+            raise RetryableError(f"unexpected HTTP {response.status_code} for a full download")
+        encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+        length_header = response.headers.get("Content-Length")
+        length = int(length_header) if length_header and length_header.isdigit() and not encoded else None
+        if expected_size is not None and length is not None and length != expected_size:
+            raise RemoteChanged(f"size changed from {expected_size} to {length}")
+        digest = hashlib.sha256()
+        buf = bytearray(BLOCK)
+        view = memoryview(buf)
+        pos = 0
+        os.ftruncate(fd, 0)
+        for block in response.iter_content(BLOCK) if encoded else _raw_blocks(response, view, pos_of=lambda: pos):
+            n = len(block)
+            data = block if isinstance(block, memoryview) else memoryview(block)
+            while data:  # disk errors propagate as OSError; the caller turns them into DiskError
+                written = os.pwrite(fd, data, pos)
+                pos += written
+                data = data[written:]
+            digest.update(block)
+            on_bytes(n)
+        if length is not None and pos != length:
+            raise RetryableError(f"body ended after {pos} of {length} bytes")
+        os.ftruncate(fd, pos)
+        return digest.hexdigest()
+
+
+def _raw_blocks(response: requests.Response, view: memoryview,
+                pos_of: Callable[[], int]) -> Iterator[memoryview]:
+    """Blocks read straight into one reused buffer (identity encoding only); network failures become
+    RetryableError so they are never mistaken for disk errors."""
+    fp = getattr(response.raw, "_fp", None)
+    readinto = getattr(fp, "readinto", None)
+    while True:
+        try:
+            if readinto is not None:
+                n = readinto(view)
+            else:
+                data = response.raw.read(len(view))
+                n = len(data)
+                view[:n] = data
+        except (OSError, ValueError, requests.RequestException) as exc:
+            raise RetryableError(f"connection failed after {pos_of()} bytes: {type(exc).__name__}") from None
+        except Exception as exc:
+            if type(exc).__module__.startswith(("urllib3", "http.client")):
+                raise RetryableError(f"connection failed after {pos_of()} bytes: {type(exc).__name__}") from None
+            raise
+        if not n:
+            return
+        yield view[:n]

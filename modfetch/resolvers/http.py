@@ -1,0 +1,42 @@
+"""Plain http(s) URLs: validated, then fetched as they are (the server names the file)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import requests
+
+from ..errors import UsageError
+from ..util.filenames import filename_from_url
+from ..util.redact import redact_url
+from .base import ResolvedFile
+
+
+def validate_http_url(uri: str) -> None:
+    """Raise UsageError unless ``uri`` is an absolute http(s) URL with a host."""
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"invalid URL {redact_url(uri)!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"invalid URL {redact_url(uri)!r}", hint="expected http(s)://host/path, hf://... or civitai://...")
+    if port == 0 or any(c in uri for c in " \t\r\n"):
+        raise UsageError(f"invalid URL {redact_url(uri)!r}")
+
+
+class HttpResolver:
+    """Any http(s) URL not claimed by a more specific source."""
+
+    name = "http"
+
+    def matches(self, uri: str) -> bool:
+        """True for http:// and https:// URLs."""
+        return uri.lower().startswith(("http://", "https://"))
+
+    def resolve(self, uri: str, session: requests.Session) -> list[ResolvedFile]:
+        """The URL itself; the name comes from Content-Disposition or the URL path at download time."""
+        validate_http_url(uri)
+        del session
+        return [ResolvedFile(url=uri, filename=None, display_url=redact_url(uri), source="http",
+                             hints={"url_name": filename_from_url(uri) or ""})]

@@ -1,0 +1,407 @@
+"""The state database: schema, migrations and every SQL statement modfetch runs.
+
+Threading rule: a ``StateDB`` (one sqlite3 connection) belongs to the thread that opened it.  The download
+engine's worker threads never touch it; the coordinating thread writes chunk rows when a chunk completes or
+fails and checkpoints progress about once a second, never per block.  WAL mode plus a busy timeout lets many
+processes (downloads, ``status``, the TUI) share the file; the TUI opens it read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import StateError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+
+# Download statuses.  "running" rows whose owner process is gone become "interrupted" on the next open.
+PENDING, RUNNING, COMPLETE, VERIFIED, MISMATCH, FAILED, INTERRUPTED = (
+    "pending", "running", "complete", "verified", "mismatch", "failed", "interrupted",
+)
+FINISHED_STATUSES = (COMPLETE, VERIFIED)
+# Chunk statuses.
+CHUNK_PENDING, CHUNK_RUNNING, CHUNK_COMPLETE, CHUNK_DIRTY = "pending", "running", "complete", "dirty"
+
+_MIGRATIONS: list[str] = [
+    # 0 -> 1: the initial schema.
+    """
+    CREATE TABLE downloads (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        url TEXT NOT NULL,
+        resolved_url TEXT,
+        dest_path TEXT NOT NULL,
+        size INTEGER,
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        etag TEXT,
+        last_modified TEXT,
+        expected_sha256 TEXT,
+        sha256 TEXT,
+        status TEXT NOT NULL DEFAULT 'pending',
+        error TEXT,
+        source TEXT NOT NULL DEFAULT 'http',
+        artifact_type TEXT,
+        meta TEXT NOT NULL DEFAULT '{}',
+        retries INTEGER NOT NULL DEFAULT 0,
+        pid INTEGER,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    );
+    CREATE UNIQUE INDEX downloads_dest ON downloads(dest_path);
+    CREATE INDEX downloads_status ON downloads(status);
+    CREATE TABLE chunks (
+        download_id INTEGER NOT NULL REFERENCES downloads(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        start INTEGER NOT NULL,
+        "end" INTEGER NOT NULL,
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        sha256 TEXT,
+        status TEXT NOT NULL DEFAULT 'pending',
+        PRIMARY KEY (download_id, idx)
+    );
+    CREATE TABLE placements (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        download_id INTEGER REFERENCES downloads(id) ON DELETE SET NULL,
+        source_path TEXT NOT NULL,
+        target_path TEXT NOT NULL UNIQUE,
+        app TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        artifact_type TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE counters (
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '',
+        value REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (name, labels)
+    );
+    """,
+]
+
+_DOWNLOAD_COLUMNS = (
+    "id url resolved_url dest_path size bytes_done etag last_modified expected_sha256 sha256 status error "
+    "source artifact_type meta retries pid created_at updated_at started_at finished_at"
+).split()
+
+
+@dataclass
+class DownloadRow:
+    """One download as stored; ``meta`` holds source hints (repo id, revision, commit, CivitAI type...)."""
+
+    id: int
+    url: str
+    dest_path: str
+    status: str = PENDING
+    resolved_url: str | None = None
+    size: int | None = None
+    bytes_done: int = 0
+    etag: str | None = None
+    last_modified: str | None = None
+    expected_sha256: str | None = None
+    sha256: str | None = None
+    error: str | None = None
+    source: str = "http"
+    artifact_type: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    pid: int | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def part_path(self) -> Path:
+        """The ``.part`` file beside the final file."""
+        return Path(self.dest_path + ".part")
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (used by ``status --json``)."""
+        return {name: getattr(self, name) for name in _DOWNLOAD_COLUMNS}
+
+
+@dataclass
+class ChunkRow:
+    """One byte range ``[start, end)`` of a download and how much of it is on disk."""
+
+    idx: int
+    start: int
+    end: int
+    bytes_done: int = 0
+    sha256: str | None = None
+    status: str = CHUNK_PENDING
+
+    @property
+    def length(self) -> int:
+        """Bytes the chunk covers."""
+        return self.end - self.start
+
+
+@dataclass
+class PlacementRow:
+    """A link or copy of a downloaded file inside an app's folder."""
+
+    id: int
+    download_id: int | None
+    source_path: str
+    target_path: str
+    app: str
+    mode: str
+    artifact_type: str | None
+    created_at: float
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StateDB:
+    """A connection to the state database; use one per thread (see module docstring)."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        try:
+            if readonly:
+                self.conn = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.execute("PRAGMA synchronous = NORMAL")
+                self.conn.execute("PRAGMA foreign_keys = ON")
+                self._migrate()
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state database {path}: {exc}") from None
+        except OSError as exc:
+            raise StateError(f"cannot open state database {path}: {exc.strerror or exc}") from None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def __enter__(self) -> StateDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """An immediate write transaction (taken up front so concurrent writers queue instead of failing)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            current = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if current > SCHEMA_VERSION:
+                raise StateError(
+                    f"state database {self.path} is from a newer modfetch (schema {current})",
+                    hint="upgrade modfetch, or point general.data_root elsewhere",
+                )
+            for version in range(current, SCHEMA_VERSION):
+                # executescript would commit our transaction; run the statements one by one instead.
+                for statement in _MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version = {version + 1}")
+
+    def recover_stale(self) -> int:
+        """Mark ``running`` downloads whose process is gone as ``interrupted``; reset their running chunks."""
+        rows = self.conn.execute("SELECT id, pid FROM downloads WHERE status = ?", (RUNNING,)).fetchall()
+        stale = [r["id"] for r in rows if not _pid_alive(r["pid"]) or r["pid"] == os.getpid()]
+        if stale:
+            with self.transaction():
+                for download_id in stale:
+                    self.conn.execute(
+                        "UPDATE downloads SET status = ?, updated_at = ? WHERE id = ? AND status = ?",
+                        (INTERRUPTED, time.time(), download_id, RUNNING),
+                    )
+                    self.conn.execute(
+                        "UPDATE chunks SET status = ? WHERE download_id = ? AND status = ?",
+                        (CHUNK_PENDING, download_id, CHUNK_RUNNING),
+                    )
+        return len(stale)
+
+    # -- downloads -------------------------------------------------------------------------------------
+    @staticmethod
+    def _download(row: sqlite3.Row) -> DownloadRow:
+        data = dict(row)
+        data["meta"] = json.loads(data.get("meta") or "{}")
+        return DownloadRow(**data)
+
+    def create_download(self, url: str, dest_path: str, **fields: Any) -> DownloadRow:
+        """Insert a new download row and return it."""
+        now = time.time()
+        fields.setdefault("status", PENDING)
+        if "meta" in fields:
+            fields["meta"] = json.dumps(fields["meta"], sort_keys=True)
+        columns = ["url", "dest_path", "created_at", "updated_at", *fields]
+        values = [url, dest_path, now, now, *fields.values()]
+        cur = self.conn.execute(
+            f"INSERT INTO downloads ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})", values
+        )
+        row = self.get_download(int(cur.lastrowid or 0))
+        assert row is not None
+        return row
+
+    def update_download(self, download_id: int, **fields: Any) -> None:
+        """Update columns of one download (``updated_at`` is set automatically)."""
+        unknown = set(fields) - set(_DOWNLOAD_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown download columns: {sorted(unknown)}")
+        if "meta" in fields:
+            fields["meta"] = json.dumps(fields["meta"], sort_keys=True)
+        fields["updated_at"] = time.time()
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self.conn.execute(f"UPDATE downloads SET {assignments} WHERE id = ?", (*fields.values(), download_id))
+
+    def get_download(self, download_id: int) -> DownloadRow | None:
+        """One download by id."""
+        row = self.conn.execute("SELECT * FROM downloads WHERE id = ?", (download_id,)).fetchone()
+        return self._download(row) if row else None
+
+    def find_by_dest(self, dest_path: str) -> DownloadRow | None:
+        """The download targeting this final path, if any."""
+        row = self.conn.execute("SELECT * FROM downloads WHERE dest_path = ?", (dest_path,)).fetchone()
+        return self._download(row) if row else None
+
+    def find_by_url(self, url: str) -> list[DownloadRow]:
+        """Downloads whose original or resolved URL is ``url``, newest first."""
+        rows = self.conn.execute(
+            "SELECT * FROM downloads WHERE url = ? OR resolved_url = ? ORDER BY id DESC", (url, url)
+        ).fetchall()
+        return [self._download(r) for r in rows]
+
+    def list_downloads(self, statuses: Iterable[str] | None = None, source: str | None = None) -> list[DownloadRow]:
+        """All downloads (optionally filtered), newest first."""
+        sql, args = "SELECT * FROM downloads WHERE 1 = 1", []
+        status_list = list(statuses or [])
+        if status_list:
+            sql += f" AND status IN ({', '.join('?' for _ in status_list)})"
+            args.extend(status_list)
+        if source:
+            sql += " AND source = ?"
+            args.append(source)
+        rows = self.conn.execute(sql + " ORDER BY id DESC", args).fetchall()
+        return [self._download(r) for r in rows]
+
+    def delete_download(self, download_id: int) -> None:
+        """Forget a download and its chunks."""
+        self.conn.execute("DELETE FROM downloads WHERE id = ?", (download_id,))
+
+    # -- chunks ----------------------------------------------------------------------------------------
+    def get_chunks(self, download_id: int) -> list[ChunkRow]:
+        """Chunk rows of a download ordered by offset."""
+        rows = self.conn.execute(
+            'SELECT idx, start, "end", bytes_done, sha256, status FROM chunks WHERE download_id = ? '
+            "ORDER BY start",
+            (download_id,),
+        ).fetchall()
+        return [ChunkRow(**dict(r)) for r in rows]
+
+    def replace_chunks(self, download_id: int, chunks: Iterable[ChunkRow]) -> None:
+        """Drop a download's chunk plan and store a new one."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM chunks WHERE download_id = ?", (download_id,))
+            self.conn.executemany(
+                'INSERT INTO chunks (download_id, idx, start, "end", bytes_done, sha256, status) '
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(download_id, c.idx, c.start, c.end, c.bytes_done, c.sha256, c.status) for c in chunks],
+            )
+
+    def save_chunks(self, download_id: int, chunks: Iterable[ChunkRow], bytes_done: int | None = None) -> None:
+        """Upsert several chunk rows (and optionally the download's bytes_done) in one transaction."""
+        with self.transaction():
+            self.conn.executemany(
+                'INSERT INTO chunks (download_id, idx, start, "end", bytes_done, sha256, status) '
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(download_id, idx) DO UPDATE SET "
+                'start = excluded.start, "end" = excluded."end", bytes_done = excluded.bytes_done, '
+                "sha256 = excluded.sha256, status = excluded.status",
+                [(download_id, c.idx, c.start, c.end, c.bytes_done, c.sha256, c.status) for c in chunks],
+            )
+            if bytes_done is not None:
+                self.conn.execute(
+                    "UPDATE downloads SET bytes_done = ?, updated_at = ? WHERE id = ?",
+                    (bytes_done, time.time(), download_id),
+                )
+
+    # -- placements ------------------------------------------------------------------------------------
+    def record_placement(
+        self, download_id: int | None, source_path: str, target_path: str, app: str, mode: str,
+        artifact_type: str | None,
+    ) -> None:
+        """Record (or refresh) that ``target_path`` now provides ``source_path`` to ``app``."""
+        self.conn.execute(
+            "INSERT INTO placements (download_id, source_path, target_path, app, mode, artifact_type, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(target_path) DO UPDATE SET download_id = excluded.download_id, "
+            "source_path = excluded.source_path, app = excluded.app, mode = excluded.mode, "
+            "artifact_type = excluded.artifact_type, created_at = excluded.created_at",
+            (download_id, source_path, target_path, app, mode, artifact_type, time.time()),
+        )
+
+    def placements(self, download_id: int | None = None, source_path: str | None = None) -> list[PlacementRow]:
+        """Placements, optionally only those of one download or one source file."""
+        sql, args = "SELECT * FROM placements WHERE 1 = 1", []
+        if download_id is not None:
+            sql += " AND download_id = ?"
+            args.append(download_id)
+        if source_path is not None:
+            sql += " AND source_path = ?"
+            args.append(source_path)
+        return [PlacementRow(**dict(r)) for r in self.conn.execute(sql + " ORDER BY id", args).fetchall()]
+
+    # -- counters (metrics survive across processes) ---------------------------------------------------
+    def add_counters(self, increments: Iterable[tuple[str, str, float]]) -> None:
+        """Add to named counters (name, labels, delta) in one transaction."""
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO counters (name, labels, value) VALUES (?, ?, ?) "
+                "ON CONFLICT(name, labels) DO UPDATE SET value = value + excluded.value",
+                list(increments),
+            )
+
+    def counters(self) -> dict[tuple[str, str], float]:
+        """All counters keyed by (name, labels)."""
+        rows = self.conn.execute("SELECT name, labels, value FROM counters").fetchall()
+        return {(r["name"], r["labels"]): float(r["value"]) for r in rows}
+
+
+def open_state(path: Path, readonly: bool = False) -> StateDB:
+    """Open the state DB (creating and migrating it unless read-only) and recover stale running rows."""
+    if readonly and not path.exists():
+        raise StateError(f"no state database at {path} yet", hint="run a download first")
+    db = StateDB(path, readonly=readonly)
+    if not readonly:
+        db.recover_stale()
+    return db

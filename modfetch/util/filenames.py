@@ -1,0 +1,63 @@
+"""File-name sanitising: names from URLs, APIs and Content-Disposition never escape the destination."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import unicodedata
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from ..errors import UsageError
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_NAME_BYTES = 240  # leaves room for ".part" / ".sha256" within NAME_MAX (255)
+FALLBACK_NAME = "download.bin"
+
+
+def sanitize_filename(name: str | None, fallback: str = FALLBACK_NAME) -> str:
+    """One safe path component: no separators, no ``..``, no control characters, never empty or hidden-dot."""
+    if not name:
+        return fallback
+    name = unicodedata.normalize("NFC", name)
+    # Only the last path component of whatever was given counts (``../../x.pt`` -> ``x.pt``).
+    name = re.split(r"[/\\]", name)[-1]
+    name = _CONTROL.sub("", name).strip().strip(".").strip()
+    name = name.replace(":", "_")
+    if not name or name in {".", ".."}:
+        return fallback
+    encoded = name.encode("utf-8")
+    if len(encoded) > _MAX_NAME_BYTES:
+        stem, dot, ext = name.rpartition(".")
+        ext_bytes = (dot + ext).encode("utf-8") if dot and len(ext) <= 16 else b""
+        keep = encoded[: _MAX_NAME_BYTES - len(ext_bytes)].decode("utf-8", "ignore")
+        name = keep + ext_bytes.decode("utf-8")
+    return name
+
+
+def sanitize_relpath(path: str) -> str:
+    """A safe relative sub-path (``a/b/c``) with each component sanitised and ``..``/absolute parts dropped."""
+    parts = [p for p in re.split(r"[/\\]+", path) if p not in {"", ".", ".."}]
+    cleaned = [sanitize_filename(p, fallback="_") for p in parts]
+    return posixpath.join(*cleaned) if cleaned else ""
+
+
+def filename_from_url(url: str) -> str | None:
+    """The last non-empty path segment of a URL, percent-decoded (unsanitised), or None."""
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return None
+    segment = unquote(path.rstrip("/").rsplit("/", 1)[-1]) if path else ""
+    return segment or None
+
+
+def safe_join(root: Path, *relative: str) -> Path:
+    """``root / relative`` that is guaranteed to stay inside ``root`` (raises UsageError otherwise)."""
+    root = root.absolute()
+    target = root.joinpath(*[sanitize_relpath(r) for r in relative if r]).absolute()
+    resolved_root = root.resolve()
+    resolved_parent = target.parent.resolve()
+    if resolved_parent != resolved_root and resolved_root not in resolved_parent.parents:
+        raise UsageError(f"refusing to write outside {root}: {target}")
+    return target

@@ -1,0 +1,101 @@
+"""Pure parsers for HTTP headers modfetch relies on: Content-Range, Content-Disposition, Retry-After, ETag."""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
+_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.I)
+
+
+@dataclass(frozen=True)
+class ContentRange:
+    """A parsed ``Content-Range: bytes START-END/TOTAL`` (END inclusive, TOTAL None when ``*``)."""
+
+    start: int
+    end: int
+    total: int | None
+
+    @property
+    def length(self) -> int:
+        """Number of bytes the range covers."""
+        return self.end - self.start + 1
+
+
+def parse_content_range(value: str | None) -> ContentRange | None:
+    """Parse a Content-Range header; None when absent or malformed (callers treat that as a violation)."""
+    if not value:
+        return None
+    match = _CONTENT_RANGE.match(value)
+    if not match:
+        return None
+    start, end = int(match.group(1)), int(match.group(2))
+    total = None if match.group(3) == "*" else int(match.group(3))
+    if end < start or (total is not None and end >= total):
+        return None
+    return ContentRange(start, end, total)
+
+
+def parse_unsatisfied_range(value: str | None) -> int | None:
+    """The total size from a 416's ``Content-Range: bytes */TOTAL``."""
+    match = _UNSATISFIED_RANGE.match(value or "")
+    return int(match.group(1)) if match else None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None when absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def parse_content_disposition_filename(value: str | None) -> str | None:
+    """The file name from Content-Disposition (RFC 6266 ``filename*`` wins over ``filename``), unsanitised."""
+    if not value:
+        return None
+    star = re.search(r"filename\*\s*=\s*([^;]+)", value, re.I)
+    if star:
+        raw = star.group(1).strip().strip('"')
+        if "''" in raw:
+            charset, _, encoded = raw.partition("''")
+            try:
+                return unquote(encoded, encoding=charset or "utf-8", errors="replace")
+            except LookupError:
+                return unquote(encoded)
+        return unquote(raw)
+    plain = re.search(r'filename\s*=\s*("((?:[^"\\]|\\.)*)"|[^;]+)', value, re.I)
+    if plain:
+        if plain.group(2) is not None:
+            return re.sub(r"\\(.)", r"\1", plain.group(2))
+        return plain.group(1).strip()
+    return None
+
+
+def strong_etag(value: str | None) -> str | None:
+    """The ETag if it is strong (usable in If-Range), else None."""
+    if not value or value.strip().upper().startswith("W/"):
+        return None
+    return value.strip()
+
+
+def etag_value(value: str | None) -> str | None:
+    """An ETag without quotes and weak prefix (``W/"abc"`` -> ``abc``), for comparing with hashes."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.upper().startswith("W/"):
+        value = value[2:]
+    return value.strip('"') or None
