@@ -89,9 +89,10 @@ _MIGRATIONS: list[str] = [
 ]
 
 _DOWNLOAD_COLUMNS = (
-    "id url resolved_url dest_path size bytes_done etag last_modified expected_sha256 sha256 status error "
-    "source artifact_type meta retries pid created_at updated_at started_at finished_at"
-).split()
+    "id", "url", "resolved_url", "dest_path", "size", "bytes_done", "etag", "last_modified", "expected_sha256",
+    "sha256", "status", "error", "source", "artifact_type", "meta", "retries", "pid", "created_at", "updated_at",
+    "started_at", "finished_at",
+)
 
 
 @dataclass
@@ -305,7 +306,7 @@ class StateDB:
 
     def list_downloads(self, statuses: Iterable[str] | None = None, source: str | None = None) -> list[DownloadRow]:
         """All downloads (optionally filtered), newest first."""
-        sql, args = "SELECT * FROM downloads WHERE 1 = 1", []
+        sql, args = "SELECT * FROM downloads WHERE 1 = 1", list[Any]()
         status_list = list(statuses or [])
         if status_list:
             sql += f" AND status IN ({', '.join('?' for _ in status_list)})"
@@ -372,7 +373,7 @@ class StateDB:
 
     def placements(self, download_id: int | None = None, source_path: str | None = None) -> list[PlacementRow]:
         """Placements, optionally only those of one download or one source file."""
-        sql, args = "SELECT * FROM placements WHERE 1 = 1", []
+        sql, args = "SELECT * FROM placements WHERE 1 = 1", list[Any]()
         if download_id is not None:
             sql += " AND download_id = ?"
             args.append(download_id)

@@ -36,7 +36,8 @@ def select_downloads(db: StateDB, selector: str | None, statuses: list[str] | No
         path = str(expand_path(selector))
         matches = [r for r in rows if r.dest_path == path or r.part_path == Path(path)]
     if not matches:
-        raise UsageError(f"no download matches {selector!r}", hint="use an id, a file path or a URL from 'modfetch status'")
+        raise UsageError(f"no download matches {selector!r}",
+                         hint="use an id, a file path or a URL from 'modfetch status'")
     return matches
 
 

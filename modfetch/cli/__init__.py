@@ -6,6 +6,7 @@ options, call an ``modfetch.app`` service and render the result.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -20,8 +21,34 @@ from .context import CliState, global_options, pass_state
 log = logging.getLogger("modfetch")
 
 
+# Subcommands are imported only when used, so `modfetch --version` and `status` stay fast (no requests import).
+COMMAND_MODULES = {
+    "download": "download", "status": "status", "verify": "verify", "place": "place", "type": "types",
+    "tui": "tui",
+}
+
+
 class ModfetchGroup(click.Group):
-    """A group that turns every ModfetchError into one clear line (plus hint) and the right exit code."""
+    """A lazily-loading group that turns every ModfetchError into one clear line (plus hint) and an exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in COMMAND_MODULES if self._load(name) is not None)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._load(cmd_name)
+
+    def _load(self, name: str) -> click.Command | None:
+        module_name = COMMAND_MODULES.get(name)
+        if module_name is None:
+            return None
+        try:
+            module = importlib.import_module(f"{__name__}.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{module_name}":
+                return None  # optional command not built into this install
+            raise
+        command: click.Command = module.command
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -64,7 +91,7 @@ def _report(ctx: click.Context, error: ModfetchError) -> None:
 @click.version_option(__version__, "--version", prog_name="modfetch", message="%(prog)s %(version)s")
 @global_options
 @click.pass_context
-def cli(ctx: click.Context, **_: Any) -> None:
+def cli(ctx: click.Context, /, **_: Any) -> None:
     """Fast, verified, resumable downloads of ML model files.
 
     Fetches plain http(s) URLs, hf://owner/repo/file and civitai://model/ID, checks every byte against
@@ -73,32 +100,8 @@ def cli(ctx: click.Context, **_: Any) -> None:
     ctx.ensure_object(CliState)
 
 
-def _register() -> None:
-    from . import download, status, verify
-
-    for module in (download, status, verify):
-        cli.add_command(module.command)
-    for optional in ("place", "tui", "types"):
-        try:
-            module = __import__(f"{__name__}.{optional}", fromlist=["command"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{optional}":
-                raise
-            continue
-        cli.add_command(module.command)
-
-
-_register()
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
-    try:
-        from ..util.proctitle import sanitize_process_title
-
-        sanitize_process_title()
-    except ImportError:
-        pass
     cli.main(args=argv, prog_name="modfetch")
 
 

@@ -25,7 +25,6 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from ..config import Config
 from ..errors import (
-    DiskError,
     IntegrityError,
     ModfetchError,
     NetworkError,
@@ -50,6 +49,7 @@ from ..state import (
 from ..util.filenames import filename_from_url, safe_join, sanitize_filename
 from ..util.http import strong_etag
 from ..util.redact import redact, redact_url
+from .fetch import BLOCK, DiskWriteError, FetchContext, fetch_chunk
 from .files import TargetLock, fsync_dir, install_file, os_error, preallocate, write_checksum_file
 from .hashing import PrefixHasher, git_blob_sha1, hash_range, sha256_file
 from .http import RemoteChanged, RetryableError, shutdown_response
@@ -58,7 +58,6 @@ from .probe import ProbeResult, probe
 from .retry import backoff_wait
 from .scheduler import LiveChunk, Scheduler
 from .stream import fetch_stream
-from .fetch import BLOCK, DiskWriteError, FetchContext, fetch_chunk
 
 log = logging.getLogger("modfetch.engine")
 CHECKPOINT_SECONDS = 1.0

@@ -55,7 +55,7 @@ def request(session: requests.Session, method: str, url: str, *, base_headers: M
         try:
             response = session.request(method, url, headers=headers, stream=stream, timeout=timeout,
                                        allow_redirects=False)
-        except (requests.ConnectionError, requests.Timeout, socket.timeout) as exc:
+        except (TimeoutError, requests.ConnectionError, requests.Timeout) as exc:
             raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None
         except requests.RequestException as exc:
             raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None
@@ -79,7 +79,8 @@ def check_status(response: requests.Response, url: str, what: str = "") -> None:
         return
     label = what or redact_url(url)
     if status in RETRYABLE_STATUSES:
-        raise RetryableError(f"HTTP {status} from {host_of(url)}", parse_retry_after(response.headers.get("Retry-After")))
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise RetryableError(f"HTTP {status} from {host_of(url)}", retry_after)
     if status in (401, 403):
         raise AuthError(f"HTTP {status} {response.reason or ''}: access denied to {label}".replace("  ", " "),
                         status, hint="the server needs credentials or refused them")

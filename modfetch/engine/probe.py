@@ -52,7 +52,7 @@ def probe(session: requests.Session, url: str, *, base_headers: Mapping[str, str
     else:
         response.close()
         if response.status_code == 200:
-            if not response.headers.get("Content-Encoding", "identity").lower() in ("identity", ""):
+            if response.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
                 head_size = None
             else:
                 head_size = _int(response.headers.get("Content-Length"))

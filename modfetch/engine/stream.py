@@ -33,7 +33,7 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
         view = memoryview(buf)
         pos = 0
         os.ftruncate(fd, 0)
-        for block in response.iter_content(BLOCK) if encoded else _raw_blocks(response, view, pos_of=lambda: pos):
+        for block in response.iter_content(BLOCK) if encoded else _raw_blocks(response, view):
             n = len(block)
             data = block if isinstance(block, memoryview) else memoryview(block)
             while data:  # disk errors propagate as OSError; the caller turns them into DiskError
@@ -48,8 +48,7 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
         return digest.hexdigest()
 
 
-def _raw_blocks(response: requests.Response, view: memoryview,
-                pos_of: Callable[[], int]) -> Iterator[memoryview]:
+def _raw_blocks(response: requests.Response, view: memoryview) -> Iterator[memoryview]:
     """Blocks read straight into one reused buffer (identity encoding only); network failures become
     RetryableError so they are never mistaken for disk errors."""
     fp = getattr(response.raw, "_fp", None)
@@ -63,10 +62,10 @@ def _raw_blocks(response: requests.Response, view: memoryview,
                 n = len(data)
                 view[:n] = data
         except (OSError, ValueError, requests.RequestException) as exc:
-            raise RetryableError(f"connection failed after {pos_of()} bytes: {type(exc).__name__}") from None
+            raise RetryableError(f"connection failed mid-body: {type(exc).__name__}") from None
         except Exception as exc:
             if type(exc).__module__.startswith(("urllib3", "http.client")):
-                raise RetryableError(f"connection failed after {pos_of()} bytes: {type(exc).__name__}") from None
+                raise RetryableError(f"connection failed mid-body: {type(exc).__name__}") from None
             raise
         if not n:
             return

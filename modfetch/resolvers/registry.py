@@ -14,18 +14,14 @@ from .http import HttpResolver
 def build_resolvers(config: Config) -> list[Resolver]:
     """Resolvers in priority order for this config."""
     resolvers: list[Resolver] = []
-    try:
-        from .huggingface import HuggingFaceResolver
-
-        resolvers.append(HuggingFaceResolver(config))
-    except ImportError:
-        pass
-    try:
+    try:  # the source modules are optional while they are being built
         from .civitai import CivitaiResolver
-
-        resolvers.append(CivitaiResolver(config))
+        from .huggingface import HuggingFaceResolver
     except ImportError:
         pass
+    else:
+        resolvers.append(HuggingFaceResolver(config))
+        resolvers.append(CivitaiResolver(config))
     resolvers.append(HttpResolver())
     return resolvers
 

@@ -28,7 +28,7 @@ def sanitize_filename(name: str | None, fallback: str = FALLBACK_NAME) -> str:
         return fallback
     encoded = name.encode("utf-8")
     if len(encoded) > _MAX_NAME_BYTES:
-        stem, dot, ext = name.rpartition(".")
+        _stem, dot, ext = name.rpartition(".")
         ext_bytes = (dot + ext).encode("utf-8") if dot and len(ext) <= 16 else b""
         keep = encoded[: _MAX_NAME_BYTES - len(ext_bytes)].decode("utf-8", "ignore")
         name = keep + ext_bytes.decode("utf-8")
