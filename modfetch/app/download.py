@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
-from ..engine.download import Downloader, DownloadRequest, DownloadResult
+from ..engine.download import Downloader, DownloadRequest, DownloadResult, request_stop
 from ..errors import ModfetchError, UsageError
 from ..progress import ProgressListener
 from ..resolvers.base import ResolvedFile, make_session
@@ -97,12 +97,19 @@ def download_uri(config: Config, uri: str, options: DownloadOptions, progress: P
     errors: list[ModfetchError] = []
     parallel = max(1, config.concurrency.batch_parallel_files)
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        for future in [pool.submit(run, r) for r in requests_]:
-            try:
-                results.append(future.result())
-            except ModfetchError as exc:
-                log.error("%s", exc.message)
-                errors.append(exc)
+        futures = [pool.submit(run, r) for r in requests_]
+        try:
+            for future in futures:
+                try:
+                    results.append(future.result())
+                except ModfetchError as exc:
+                    log.error("%s", exc.message)
+                    errors.append(exc)
+        except BaseException:
+            request_stop()  # Ctrl-C: the downloads in pool threads checkpoint and stop too
+            for future in futures:
+                future.cancel()
+            raise
     if errors:
         first = errors[0]
         raise ModfetchError(f"{len(errors)} of {len(requests_)} files failed; first: {first.message}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -57,6 +58,9 @@ class ModfetchGroup(click.Group):
             _report(ctx, error)
             ctx.exit(exit_code(error))
         except KeyboardInterrupt:
+            from ..engine.download import request_stop
+
+            request_stop()
             click.echo("modfetch: interrupted; state saved, rerun the same command to resume", err=True)
             ctx.exit(130)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
@@ -100,8 +104,14 @@ def cli(ctx: click.Context, /, **_: Any) -> None:
     ctx.ensure_object(CliState)
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM behaves like Ctrl-C: downloads checkpoint their state and the process exits cleanly."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
     cli.main(args=argv, prog_name="modfetch")
 
 

@@ -40,6 +40,7 @@ from ..state import (
     COMPLETE,
     FAILED,
     FINISHED_STATUSES,
+    INTERRUPTED,
     MISMATCH,
     RUNNING,
     DownloadRow,
@@ -61,6 +62,8 @@ from .stream import fetch_stream
 
 log = logging.getLogger("modfetch.engine")
 CHECKPOINT_SECONDS = 1.0
+# Set by request_stop() (SIGINT/SIGTERM in the CLI): every running download saves its state and stops.
+STOP = threading.Event()
 HOOK_SECONDS = 5.0
 MAX_RESTARTS = 3
 
@@ -98,6 +101,15 @@ class DownloadResult:
     elapsed_s: float = 0.0
     already_present: bool = False
     resumed: bool = False
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in a download's coordinating thread after request_stop(); state has been saved."""
+
+
+def request_stop() -> None:
+    """Ask every download in this process to checkpoint and stop (used on SIGINT/SIGTERM)."""
+    STOP.set()
 
 
 class Downloader:
@@ -271,7 +283,7 @@ class Downloader:
             db.update_download(row.id, status=FAILED, error=f"cannot open {part}: {exc.strerror}")
             raise os_error(exc, "cannot open", part) from None
         counters = _RunCounters()
-        ok = False
+        ok: bool | None = False  # None: restarting after a remote change, neither success nor failure
         try:
             if info.size is not None and info.ranges and info.size > 0:
                 sha256, resumed = self._chunked(db, req, info, row, fd, part, expected, counters)
@@ -315,6 +327,10 @@ class Downloader:
             db.update_download(row.id, status=FAILED, error=redact(exc.message))
             raise
         except RemoteChanged:
+            ok = None
+            raise
+        except KeyboardInterrupt:
+            db.update_download(row.id, status=INTERRUPTED, error="interrupted; rerun to resume")
             raise
         except BaseException as exc:
             db.update_download(row.id, status=FAILED, error=redact(f"{type(exc).__name__}: {exc}"))
@@ -323,7 +339,7 @@ class Downloader:
             if fd >= 0:
                 os.close(fd)
             counters.flush(db, req.source, ok)
-            self.progress.finish(ok)
+            self.progress.finish(bool(ok))
             if self.on_checkpoint is not None:
                 self.on_checkpoint()
 
@@ -357,7 +373,8 @@ class Downloader:
                 with attempt:
                     return fetch_stream(session, info.url, fd=fd, expected_size=info.size,
                                         base_headers=self.base_headers, auth=req.headers,
-                                        auth_host=req.auth_host, timeout=self.timeout, on_bytes=report), False
+                                        auth_host=req.auth_host, timeout=self.timeout, on_bytes=report,
+                                        stop=STOP), False
         except RetryableError as exc:
             raise NetworkError(f"download of {Path(row.dest_path).name} failed after retries: {exc}",
                                hint="rerun the same command to try again") from None
@@ -369,12 +386,13 @@ class Downloader:
                  part: Path, expected: str | None, counters: _RunCounters) -> tuple[str, bool]:
         assert info.size is not None
         size = info.size
+        on_disk = os.fstat(fd).st_size  # before preallocation: a truncated or recreated .part shows here
         preallocate(fd, size, part)
         rows = db.get_chunks(row.id)
         resumed = bool(rows)
         if rows:
             chunks = [LiveChunk.from_row(r) for r in rows]
-            self._reverify(chunks, fd, size, db, row.id)
+            self._reverify(chunks, fd, on_disk, db, row.id)
         else:
             chunks = [LiveChunk.from_row(r) for r in plan_chunks(size, self.workers, self.chunk_size)]
             db.replace_chunks(row.id, [c.to_row() for c in chunks])
@@ -396,22 +414,22 @@ class Downloader:
             sha256 = self._repair(db, req, info, row, fd, counters, expected, sha256)
         return sha256, resumed
 
-    def _reverify(self, chunks: list[LiveChunk], fd: int, size: int, db: StateDB, download_id: int) -> None:
-        """Trust no completed chunk on resume until its bytes hash to what was recorded."""
-        try:
-            on_disk = os.fstat(fd).st_size
-        except OSError:
-            on_disk = 0
+    def _reverify(self, chunks: list[LiveChunk], fd: int, on_disk: int, db: StateDB, download_id: int) -> None:
+        """Trust no completed chunk on resume until its bytes hash to what was recorded; partial chunks keep
+        only the bytes that are still inside the file."""
         complete = [c for c in chunks if c.status == CHUNK_COMPLETE]
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             digests = list(pool.map(lambda c: hash_range(fd, c.start, c.end) if c.end <= on_disk else None, complete))
         dirty = [c for c, digest in zip(complete, digests, strict=True) if digest != c.sha256]
-        for chunk in chunks:
-            if chunk.status != CHUNK_COMPLETE and chunk.start + chunk.done > on_disk:
-                chunk.done = max(0, on_disk - chunk.start)
+        shrunk = [c for c in chunks if c.status != CHUNK_COMPLETE and c.start + c.done > on_disk]
+        for chunk in shrunk:
+            chunk.done = max(0, on_disk - chunk.start)
         for chunk in dirty:
             chunk.reset()
-        if dirty:
+        if shrunk:
+            log.warning("the .part file is shorter than recorded; fetching the missing bytes again",
+                        extra={"download_id": download_id})
+        if dirty or shrunk:
             log.warning("%d completed chunk(s) no longer match their hash; fetching them again", len(dirty),
                         extra={"download_id": download_id})
             db.save_chunks(download_id, [c.to_row() for c in chunks])
@@ -473,6 +491,8 @@ class Downloader:
                         self.on_checkpoint()
                         last_hook = now
                     self._watchdog(ctx)
+                    if STOP.is_set():
+                        raise Interrupted()
                     if len(finished) == len(futures):
                         break
             except BaseException:
@@ -536,12 +556,16 @@ class Downloader:
                             counters: _RunCounters, download_id: int) -> None:
         cc = self.config.concurrency
         wait = backoff_wait(cc.backoff_min_ms / 1000, cc.backoff_max_ms / 1000)
+        attempt = 0
         while True:
             before = chunk.done
             try:
                 fetch_chunk(ctx, chunk, session, buf)
                 return
             except RetryableError as exc:
+                if ctx.cancel.is_set():
+                    return  # the failure is our own shutdown of the socket
+                attempt += 1
                 # Attempts are counted per chunk and reset whenever an attempt made progress, so a link that
                 # drops every few MB still finishes a 100 GB file.
                 chunk.failures = 0 if chunk.done > before else chunk.failures + 1
@@ -552,8 +576,8 @@ class Downloader:
                 delay = wait.delay(max(1, chunk.failures), exc.retry_after)
                 with counters.lock:
                     counters.retries += 1
-                log.warning("chunk %d: %s; retry %d in %.1fs", chunk.idx, exc, chunk.failures, delay,
-                            extra={"download_id": download_id, "chunk": chunk.idx, "attempt": chunk.failures})
+                log.warning("chunk %d: %s; retry %d in %.1fs", chunk.idx, exc, attempt, delay,
+                            extra={"download_id": download_id, "chunk": chunk.idx, "attempt": attempt})
                 if ctx.cancel.wait(delay):
                     return
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 
 import requests
@@ -14,7 +15,8 @@ from .http import RemoteChanged, RetryableError, check_status, request
 
 def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size: int | None,
                  base_headers: Mapping[str, str], auth: Mapping[str, str], auth_host: str | None,
-                 timeout: tuple[float, float], on_bytes: Callable[[int], None]) -> str:
+                 timeout: tuple[float, float], on_bytes: Callable[[int], None],
+                 stop: threading.Event | None = None) -> str:
     """Download the whole body into ``fd`` from offset 0, returning its SHA-256; the file is truncated to the
     body's length.  A short body (fewer bytes than Content-Length) is a RetryableError."""
     response, final = request(session, "GET", url, base_headers=base_headers, auth=auth, auth_host=auth_host,
@@ -42,6 +44,8 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
                 data = data[written:]
             digest.update(block)
             on_bytes(n)
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
         if length is not None and pos != length:
             raise RetryableError(f"body ended after {pos} of {length} bytes")
         os.ftruncate(fd, pos)
