@@ -22,6 +22,7 @@ import yaml
 from . import __version__
 from .errors import ConfigError
 from .paths import default_config_file, default_data_root, expand_path
+from .util.yamltext import load_yaml
 
 # Keys whose values would be secrets: refused anywhere in the file (``token_env`` names a variable: fine).
 _SECRET_KEY = re.compile(r"(^|_)(token|password|passwd|secret|api_?key|apikey|auth|credentials?)$", re.I)
@@ -37,7 +38,7 @@ class GeneralConfig:
     """Where files go and whether existing different files may be replaced."""
 
     download_root: str = _path_field("~/Downloads/modfetch")
-    data_root: str = _path_field(str(default_data_root()))
+    data_root: str = _path_field("")  # empty: $XDG_DATA_HOME/modfetch, resolved when used (not at import)
     allow_overwrite: bool = False
 
 
@@ -147,8 +148,8 @@ class Config:
 
     @property
     def data_root(self) -> Path:
-        """The expanded directory holding state.db."""
-        return expand_path(self.general.data_root)
+        """The expanded directory holding state.db (default: ``$XDG_DATA_HOME/modfetch``)."""
+        return expand_path(self.general.data_root) if self.general.data_root else default_data_root()
 
     @property
     def state_db(self) -> Path:
@@ -234,7 +235,8 @@ def _build(cls: type[Any], data: Any, where: str) -> Any:
     defaults = cls()
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        key_where = f"{where}.{key}" if where else str(key)
+        label = key if isinstance(key, str) and key.isprintable() else repr(key)  # keep errors on one line
+        key_where = f"{where}.{label}" if where else str(label)
         if isinstance(key, str) and _SECRET_KEY.search(key):
             raise ConfigError(
                 f"{key_where}: secrets are not accepted in the config file",
@@ -264,7 +266,7 @@ def _build(cls: type[Any], data: Any, where: str) -> Any:
 def parse_config(text: str, source: str) -> Config:
     """Parse and validate config YAML text; errors name ``source`` and the offending key."""
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

@@ -1,36 +1,190 @@
-"""Logging, configured in one place: human or JSON-lines on stderr, a redaction filter on every handler."""
+"""Logging, configured in one place: human or JSON-lines on stderr, a redaction filter on every handler.
+
+* ``human``: ``HH:MM:SS LEVEL logger  message  key=value ...`` - short, aligned; the level is coloured only
+  when stderr is a terminal, ``TERM`` is not ``dumb`` and ``NO_COLOR`` is unset (https://no-color.org).
+* ``json``: one object per line with ``ts`` (RFC 3339, UTC), ``level`` (debug/info/warn/error), ``msg``,
+  ``logger`` and every structured field passed through ``extra=`` (``download_id``, ``url``, ``chunk``,
+  ``attempt``, ``bytes``, ``elapsed_s``, ``status``, ...).
+
+The handler sits on the root logger so third-party records (urllib3 at debug level, warnings) pass through
+the same :class:`RedactionFilter`; every formatter also redacts its final text (tracebacks included).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
+import time
+from typing import IO, Any
 
 from .util.redact import redact
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
            "error": logging.ERROR}
+_COLOURS = {"debug": "\x1b[2m", "info": "\x1b[36m", "warn": "\x1b[33m", "error": "\x1b[31;1m"}
+_RESET = "\x1b[0m"
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` and is a structured field.
+_STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime",
+                                                                                       "taskName"}
+_MARK = "_modfetch_handler"
+
+
+def level_name(levelno: int) -> str:
+    """modfetch's level vocabulary: debug, info, warn, error."""
+    if levelno >= logging.ERROR:
+        return "error"
+    if levelno >= logging.WARNING:
+        return "warn"
+    return "info" if levelno >= logging.INFO else "debug"
+
+
+def parse_level(name: str) -> int:
+    """``debug``/``info``/``warn``/``error`` (case-insensitive) -> a logging level; unknown -> INFO."""
+    return _LEVELS.get((name or "info").lower(), logging.INFO)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields a record carries (what the caller passed as ``extra=``)."""
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
 
 
 class RedactionFilter(logging.Filter):
-    """Masks secrets in the rendered message and in string-valued extra fields."""
+    """Masks secrets in the rendered message and in every structured field (strings, lists, dicts)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not lose the record
+            message = f"{record.msg} {record.args}"
+        record.msg = redact(message)
         record.args = None
-        for key, value in list(record.__dict__.items()):
-            if isinstance(value, str) and key not in ("msg", "levelname", "name", "pathname", "filename"):
-                record.__dict__[key] = redact(value)
+        for key, value in extra_fields(record).items():
+            record.__dict__[key] = _redact_value(value)
         return True
 
 
-def configure_logging(level: str = "info", fmt: str = "human", quiet: bool = False) -> None:
-    """Route the ``modfetch`` logger to stderr in the chosen format, replacing earlier handlers."""
-    logger = logging.getLogger("modfetch")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+class HumanFormatter(logging.Formatter):
+    """``12:34:56 INFO  engine  message  download_id=3 chunk=2`` (colour decided per record)."""
+
+    def __init__(self, colour: bool | None = None) -> None:
+        super().__init__()
+        self.colour = colour
+
+    def _use_colour(self) -> bool:
+        if self.colour is not None:
+            return self.colour
+        return use_colour(sys.stderr)
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = level_name(record.levelno)
+        tag = f"{level.upper():<5}"
+        if self._use_colour():
+            tag = f"{_COLOURS[level]}{tag}{_RESET}"
+        if record.name == "modfetch" or record.name.startswith("modfetch."):
+            name = record.name[len("modfetch."):] or "main"
+        else:
+            name = record.name.split(".", 1)[0]  # urllib3, py.warnings, ...
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = f"{stamp} {tag} {name:<7} {record.getMessage()}"
+        fields = extra_fields(record)
+        if fields:
+            line += "  " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return redact(line.rstrip())
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; a traceback goes into ``exc`` so every line stays valid JSON."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        millis = int(record.created * 1000) % 1000
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{millis:03d}Z"
+        payload: dict[str, Any] = {
+            "ts": ts,
+            "level": level_name(record.levelno),
+            "msg": redact(record.getMessage()),
+            "logger": record.name,
+        }
+        for key, value in extra_fields(record).items():
+            payload.setdefault(key, _redact_value(value))
+        if record.exc_info:
+            payload["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(payload, default=lambda o: redact(str(o)), ensure_ascii=False)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (test runners swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass
+
+
+def use_colour(stream: IO[str]) -> bool:
+    """Colour only on a terminal, never with ``NO_COLOR`` set (non-empty) or ``TERM=dumb``."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def make_handler(fmt: str = "human", stream: IO[str] | None = None) -> logging.Handler:
+    """A handler in the chosen format, with the redaction filter attached."""
+    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.addFilter(RedactionFilter())
-    handler.setFormatter(logging.Formatter("%(levelname)-5s %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(_LEVELS.get(level.lower(), logging.INFO))
-    logger.propagate = False
+    handler.setFormatter(JsonFormatter() if fmt == "json" else HumanFormatter())
+    setattr(handler, _MARK, True)
+    return handler
+
+
+def configure_logging(level: str = "info", fmt: str = "human", quiet: bool = False,
+                      stream: IO[str] | None = None) -> None:
+    """Route logs to stderr in the chosen format, replacing handlers an earlier call installed.
+
+    ``level`` applies to modfetch's own loggers; other libraries log warnings and errors (and debug records
+    too when ``level`` is debug).  ``quiet`` raises ``info`` to ``warn`` for human output: a quiet run only
+    speaks up about problems.
+    """
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
+        root.removeHandler(old)
+        old.close()
+    ours = logging.getLogger("modfetch")
+    for old in list(ours.handlers):
+        ours.removeHandler(old)
+    wanted = parse_level(level)
+    if quiet and fmt != "json" and wanted == logging.INFO:
+        wanted = logging.WARNING
+    root.addHandler(make_handler(fmt, stream))
+    root.setLevel(logging.DEBUG if wanted <= logging.DEBUG else logging.WARNING)
+    ours.setLevel(wanted)
+    ours.propagate = True
+    logging.captureWarnings(True)
+
+
+__all__ = ["HumanFormatter", "JsonFormatter", "RedactionFilter", "configure_logging", "level_name",
+           "make_handler", "parse_level", "use_colour"]

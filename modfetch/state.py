@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,8 @@ class PlacementRow:
     created_at: float
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """True while process ``pid`` exists and is not a zombie (a killed child not yet reaped is dead)."""
     if not pid:
         return False
     try:
@@ -171,7 +173,12 @@ def _pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            state = handle.read().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 class StateDB:
@@ -191,14 +198,28 @@ class StateDB:
             self.conn.row_factory = sqlite3.Row
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if not readonly:
-                self.conn.execute("PRAGMA journal_mode = WAL")
+                # Switching a brand-new file to WAL (and migrating it) can answer "database is locked" at
+                # once, without the busy handler, while another process does the same: retry those briefly.
+                self._retry_locked(lambda: self.conn.execute("PRAGMA journal_mode = WAL"))
                 self.conn.execute("PRAGMA synchronous = NORMAL")
                 self.conn.execute("PRAGMA foreign_keys = ON")
-                self._migrate()
+                self._retry_locked(self._migrate)
         except sqlite3.Error as exc:
             raise StateError(f"cannot open state database {path}: {exc}") from None
         except OSError as exc:
             raise StateError(f"cannot open state database {path}: {exc.strerror or exc}") from None
+
+    @staticmethod
+    def _retry_locked(action: Callable[[], object], seconds: float = BUSY_TIMEOUT_MS / 1000) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                action()
+                return
+            except sqlite3.OperationalError as exc:
+                if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02 + random.random() * 0.05)
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -240,7 +261,7 @@ class StateDB:
     def recover_stale(self) -> int:
         """Mark ``running`` downloads whose process is gone as ``interrupted``; reset their running chunks."""
         rows = self.conn.execute("SELECT id, pid FROM downloads WHERE status = ?", (RUNNING,)).fetchall()
-        stale = [r["id"] for r in rows if not _pid_alive(r["pid"]) or r["pid"] == os.getpid()]
+        stale = [r["id"] for r in rows if not pid_alive(r["pid"])]
         if stale:
             with self.transaction():
                 for download_id in stale:
@@ -252,6 +273,16 @@ class StateDB:
                         "UPDATE chunks SET status = ? WHERE download_id = ? AND status = ?",
                         (CHUNK_PENDING, download_id, CHUNK_RUNNING),
                     )
+        # A download stopped cleanly (Ctrl-C, SIGTERM, an error) is no longer running, but its last checkpoint
+        # left its partial chunks marked running: they are pending (their bytes_done is kept).
+        orphans = self.conn.execute(
+            "SELECT 1 FROM chunks WHERE status = ? AND download_id IN "
+            "(SELECT id FROM downloads WHERE status != ?) LIMIT 1", (CHUNK_RUNNING, RUNNING)).fetchone()
+        if orphans:
+            with self.transaction():
+                self.conn.execute(
+                    "UPDATE chunks SET status = ? WHERE status = ? AND download_id IN "
+                    "(SELECT id FROM downloads WHERE status != ?)", (CHUNK_PENDING, CHUNK_RUNNING, RUNNING))
         return len(stale)
 
     # -- downloads -------------------------------------------------------------------------------------

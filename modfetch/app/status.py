@@ -25,7 +25,7 @@ def select_downloads(db: StateDB, selector: str | None, statuses: list[str] | No
     rows = db.list_downloads(statuses=statuses, source=source)
     if selector is None:
         return rows
-    if selector.isdigit():
+    if selector.isascii() and selector.isdigit():  # str.isdigit() alone accepts '²', which int() rejects
         row = db.get_download(int(selector))
         if row is None:
             raise UsageError(f"no download with id {selector}", hint="run 'modfetch status' to list them")

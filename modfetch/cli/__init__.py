@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -65,6 +66,11 @@ class ModfetchGroup(click.Group):
             ctx.exit(130)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except BrokenPipeError:
+            # `modfetch status | head`: the reader left; exit quietly like other Unix tools.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(141)
         except OSError as error:
             _report(ctx, ModfetchError(f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")))
             ctx.exit(1)
@@ -105,13 +111,21 @@ def cli(ctx: click.Context, /, **_: Any) -> None:
 
 
 def _terminate(signum: int, _frame: object) -> None:
-    """SIGTERM behaves like Ctrl-C: downloads checkpoint their state and the process exits cleanly."""
+    """SIGTERM behaves like Ctrl-C: downloads checkpoint their state and the process exits cleanly.
+
+    While a download's coordinator polls for stop requests in this (main) thread, the signal only asks it to
+    stop: a KeyboardInterrupt raised inside the thread pool's bookkeeping can leave locks held and hang."""
+    engine = sys.modules.get("modfetch.engine.download")
+    if engine is not None and engine.POLLING.is_set():
+        engine.request_stop()
+        return
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     cli.main(args=argv, prog_name="modfetch")
 
 

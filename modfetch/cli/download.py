@@ -7,10 +7,14 @@ from typing import Any
 import click
 
 from ..app.download import DownloadOptions, download_uri, validate_sha256
+from ..artifacts import TYPES
 from ..errors import UsageError
+from ..metrics import checkpoint_writer
 from ..paths import expand_path
 from ..util.sizes import parse_size
 from .context import CliState, global_options, pass_state
+from .picker import with_picker
+from .place import Placer, render_report, report_json, run_batch_cli
 from .progress import progress_factory
 
 
@@ -23,6 +27,13 @@ from .progress import progress_factory
 @click.option("--force", is_flag=True, help="Replace an existing different file at the target.")
 @click.option("--concurrency", type=click.IntRange(1, 64), help="Connections per file (default: per_file_chunks).")
 @click.option("--chunk-size", help="Chunk size, e.g. 16M (default: chunk_size_mb).")
+@click.option("--pick", is_flag=True,
+              help="On a terminal, choose from a menu when a URI matches several files or versions.")
+@click.option("--place", is_flag=True, help="Place each verified file into the configured apps.")
+@click.option("--type", "artifact_type", type=click.Choice(list(TYPES)),
+              help="Artifact type for placement (skips detection).")
+@click.option("--batch", "batch_file", type=click.Path(exists=True, dir_okay=False),
+              help="Run the jobs of a batch YAML file (see docs/PLACEMENT.md).")
 @global_options
 @pass_state
 def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
@@ -34,6 +45,13 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
     again.  URIs: http(s)://..., hf://owner/repo/path[?rev=REV], civitai://model/ID[?version=V].
     """
     targets = [*url_options, *urls]
+    if _.get("batch_file"):
+        if targets:
+            raise UsageError("--batch cannot be combined with URLs",
+                             hint="add them as jobs to the batch file")
+        return run_batch_cli(state, _["batch_file"], place=_["place"], artifact_type=_["artifact_type"],
+                             force=force, concurrency=concurrency,
+                             chunk_size=parse_size(chunk_size) if chunk_size else None)
     if not targets:
         raise UsageError("nothing to download", hint="pass a URL: modfetch download --url https://host/file")
     config = state.config
@@ -44,18 +62,30 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
         force=force,
         concurrency=concurrency,
         chunk_size=parse_size(chunk_size) if chunk_size else None,
+        artifact_type=_.get("artifact_type"),
     )
     if out and len(targets) > 1:
         raise UsageError("--out names one file, but several URLs were given")
     factory = progress_factory(state.quiet, state.json_output)
+    metrics_hook = checkpoint_writer(config)
+    placer = Placer(state, _.get("artifact_type")) if _.get("place") else None
     for target in targets:
-        for result in download_uri(config, target, options, factory):
+        results = with_picker(
+            lambda uri: download_uri(config, uri, options, factory, on_checkpoint=metrics_hook),
+            target, pick=bool(_.get("pick")))
+        for result in results:
+            report = placer.place(result) if placer else None
             if state.json_output:
                 import json
 
                 click.echo(json.dumps({"id": result.download_id, "path": str(result.path),
                                        "sha256": result.sha256, "size": result.size,
                                        "fetched_bytes": result.fetched_bytes,
-                                       "already_present": result.already_present}))
+                                       "already_present": result.already_present,
+                                       **({"placement": report_json(report)} if report else {})}))
             else:
                 click.echo(f"{result.path}\n  sha256 {result.sha256}")
+                for line in render_report(report)[1:] if report else []:
+                    click.echo(line)
+    if placer:
+        placer.finish()

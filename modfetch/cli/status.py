@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
 import click
 
 from ..app.status import open_db, progress_of, select_downloads
-from ..state import DownloadRow
+from ..errors import UsageError
+from ..state import (
+    COMPLETE,
+    FAILED,
+    INTERRUPTED,
+    MISMATCH,
+    PENDING,
+    RUNNING,
+    VERIFIED,
+    DownloadRow,
+    StateDB,
+)
 from ..util.sizes import human_size
 from .context import CliState, global_options, pass_state
 
@@ -31,27 +43,77 @@ def render_table(rows: list[DownloadRow]) -> str:
         name = row.dest_path.rsplit("/", 1)[-1]
         name = name if len(name) <= 40 else name[:37] + "..."
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.updated_at))
-        lines.append(f"{row.id:>4}  {name:<40}  {human_size(row.size):>10}  {progress:>8}  {row.status:<11}  {updated}")
+        lines.append(f"{row.id:>4}  {name:<40}  {human_size(row.size):>10}  {progress:>8}  "
+                     f"{row.status:<11}  {updated}")
     return "\n".join(lines)
+
+
+def render_placements(db: StateDB, rows: list[DownloadRow]) -> str:
+    """Lines under the table listing where files were placed (empty when nothing was)."""
+    lines = [f"{row.id:>4}  {p.app:<10}  {p.mode:<9}  {p.target_path}"
+             for row in rows for p in db.placements(download_id=row.id)]
+    return "\nplacements:\n" + "\n".join(lines) if lines else ""
+
+
+STATUSES = [PENDING, RUNNING, COMPLETE, VERIFIED, MISMATCH, FAILED, INTERRUPTED]
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    out = [v.strip().lower() for value in values for v in value.split(",") if v.strip()]
+    unknown = sorted(set(out) - set(STATUSES))
+    if unknown:
+        raise UsageError(f"unknown status {', '.join(unknown)}", hint=f"use one of: {', '.join(STATUSES)}")
+    return out
+
+
+def _render(state: CliState, db: StateDB, selector: str | None, statuses: list[str], source: str | None,
+            compact: bool = False) -> str:
+    rows = select_downloads(db, selector, statuses=statuses or None, source=source)
+    if state.json_output:
+        out = []
+        for row in rows:
+            placements = [{"app": p.app, "target": p.target_path, "mode": p.mode}
+                          for p in db.placements(download_id=row.id)]
+            out.append(_json_row(row, placements))
+        return json.dumps(out) if compact else json.dumps(out, indent=2)
+    if not rows:
+        return "no downloads match" if (statuses or source or selector) else "no downloads yet"
+    return render_table(rows) + render_placements(db, rows)
+
+
+def _watch(state: CliState, selector: str | None, statuses: list[str], source: str | None,
+           interval: float = 1.0) -> None:
+    """Redraw every ``interval`` seconds until Ctrl-C (which ends the watch with exit status 0)."""
+    tty = sys.stdout.isatty()
+    try:
+        with open_db(state.config) as db:
+            while True:
+                text = _render(state, db, selector, statuses, source, compact=True)
+                if tty and not state.json_output:
+                    stamp = time.strftime("%H:%M:%S")
+                    click.echo(f"\x1b[H\x1b[2J{stamp}  modfetch status --watch (Ctrl-C stops)\n{text}")
+                else:
+                    click.echo(text)
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return
 
 
 @click.command("status")
 @click.argument("selector", required=False)
+@click.option("--watch", "-w", is_flag=True, help="Refresh every second until Ctrl-C.")
+@click.option("--status", "statuses", multiple=True, metavar="STATUS",
+              help=f"Only downloads in this status (repeatable or comma-separated: {', '.join(STATUSES)}).")
+@click.option("--source", type=click.Choice(["http", "huggingface", "civitai"]),
+              help="Only downloads from this source.")
 @global_options
 @pass_state
-def command(state: CliState, selector: str | None, **_: Any) -> None:
-    """Show downloads: all, or one by ID, PATH or URL."""
-    with open_db(state.config) as db:
-        rows = select_downloads(db, selector)
-        if state.json_output:
-            out = []
-            for row in rows:
-                placements = [{"app": p.app, "target": p.target_path, "mode": p.mode}
-                              for p in db.placements(download_id=row.id)]
-                out.append(_json_row(row, placements))
-            click.echo(json.dumps(out, indent=2))
-            return
-    if not rows:
-        click.echo("no downloads yet")
+def command(state: CliState, selector: str | None, watch: bool, statuses: tuple[str, ...], source: str | None,
+            **_: Any) -> None:
+    """Show downloads: all, or one by ID, PATH or URL; --watch keeps refreshing."""
+    wanted = _split(statuses)
+    if watch:
+        _watch(state, selector, wanted, source)
         return
-    click.echo(render_table(rows))
+    with open_db(state.config) as db:
+        click.echo(_render(state, db, selector, wanted, source))

@@ -51,7 +51,7 @@ from ..util.filenames import filename_from_url, safe_join, sanitize_filename
 from ..util.http import strong_etag
 from ..util.redact import redact, redact_url
 from .fetch import BLOCK, DiskWriteError, FetchContext, fetch_chunk
-from .files import TargetLock, fsync_dir, install_file, os_error, preallocate, write_checksum_file
+from .files import TargetLock, fsync_dir, install_file, open_part, os_error, preallocate, write_checksum_file
 from .hashing import PrefixHasher, git_blob_sha1, hash_range, sha256_file
 from .http import RemoteChanged, RetryableError, shutdown_response
 from .plan import plan_chunks
@@ -64,6 +64,10 @@ log = logging.getLogger("modfetch.engine")
 CHECKPOINT_SECONDS = 1.0
 # Set by request_stop() (SIGINT/SIGTERM in the CLI): every running download saves its state and stops.
 STOP = threading.Event()
+# Set while the main thread's coordinator polls STOP: the CLI's signal handler then only calls request_stop()
+# instead of raising KeyboardInterrupt there, because an exception raised asynchronously inside
+# concurrent.futures.wait() can leave the futures' locks held, and the workers and the shutdown hang forever.
+POLLING = threading.Event()
 HOOK_SECONDS = 5.0
 MAX_RESTARTS = 3
 
@@ -126,6 +130,7 @@ class Downloader:
         self.steal = steal
         self.timeout = (min(10.0, config.network.timeout_seconds), config.network.timeout_seconds)
         self.base_headers = {"Accept-Encoding": "identity", "User-Agent": config.network.user_agent}
+        self._hashed: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime, inode) -> sha256
 
     # -- public ----------------------------------------------------------------------------------------
     def run(self, req: DownloadRequest) -> DownloadResult:
@@ -134,6 +139,9 @@ class Downloader:
         db = open_state(self.config.state_db)
         session = make_session(self.config, self.workers)
         try:
+            present = self._present_without_probe(db, req)
+            if present is not None:
+                return present
             info = self._probe(session, req)
             dest = self._destination(req, info)
             with TargetLock(self.config.data_root / "locks", dest):
@@ -208,6 +216,25 @@ class Downloader:
                 row = db.get_download(row.id) or row
                 Path(row.part_path).unlink(missing_ok=True)
 
+    def _present_without_probe(self, db: StateDB, req: DownloadRequest) -> DownloadResult | None:
+        """With an expected SHA-256 and a name known without asking the server (``--out``, the resolver's name
+        or the URL's), a file already there with exactly those bytes is a no-op that sends no request at all.
+        Anything else (no such file, other bytes) is left to the normal path after the probe."""
+        name = req.filename or filename_from_url(req.url)
+        if not req.expected_sha256 or not name:
+            return None
+        dest = safe_join(req.dest_dir, req.subdir, sanitize_filename(name))
+        if not dest.is_file():
+            return None
+        expected = req.expected_sha256.lower()
+        with TargetLock(self.config.data_root / "locks", dest):
+            row = db.find_by_dest(str(dest))
+            if self._cached_sha256(row, dest) != expected:
+                return None
+            unprobed = ProbeResult(url=req.url, size=None, ranges=False, etag=None, last_modified=None,
+                                   filename=None)
+            return self._already_present(db, row, req, unprobed, dest, expected)
+
     def _already_present(self, db: StateDB, row: DownloadRow | None, req: DownloadRequest, info: ProbeResult,
                          dest: Path, expected: str | None) -> DownloadResult | None:
         """A no-op success when the target already holds the right bytes; an error when it holds others."""
@@ -242,7 +269,10 @@ class Downloader:
         stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
         if row is not None and row.sha256 and row.meta.get("stat") == stamp:
             return row.sha256
-        return sha256_file(dest)
+        key = (str(dest), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key not in self._hashed:  # hashed at most once per run (the no-probe check, then the normal one)
+            self._hashed[key] = sha256_file(dest)
+        return self._hashed[key]
 
     def _prepare_row(self, db: StateDB, row: DownloadRow | None, req: DownloadRequest, info: ProbeResult,
                      dest: Path, expected: str | None) -> DownloadRow:
@@ -278,7 +308,7 @@ class Downloader:
         part = Path(row.part_path)
         db.update_download(row.id, status=RUNNING, pid=os.getpid(), started_at=row.started_at or time.time())
         try:
-            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_part(part, lambda: db.replace_chunks(row.id, []))
         except OSError as exc:
             db.update_download(row.id, status=FAILED, error=f"cannot open {part}: {exc.strerror}")
             raise os_error(exc, "cannot open", part) from None
@@ -471,7 +501,11 @@ class Downloader:
         failure: BaseException | None = None
         last_checkpoint = last_hook = time.monotonic()
         reported = scheduler.bytes_done()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modfetch-w") as pool:
+        polling = threading.current_thread() is threading.main_thread()
+        if polling:
+            POLLING.set()  # signals now stop us through STOP, never by raising inside the pool's bookkeeping
+        with _Clear(POLLING if polling else None), \
+                concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modfetch-w") as pool:
             futures = [pool.submit(self._worker, ctx, scheduler, events, counters, row.id) for _ in range(workers)]
             try:
                 while True:
@@ -501,10 +535,10 @@ class Downloader:
                     shutdown_response(response)
                 concurrent.futures.wait(futures)
                 self._drain(db, row.id, scheduler, events, None, cancel)
-                self._checkpoint(db, row.id, scheduler)
+                self._checkpoint(db, row.id, scheduler, stopped=True)
                 raise
         failure = self._drain(db, row.id, scheduler, events, failure, cancel)
-        self._checkpoint(db, row.id, scheduler)
+        self._checkpoint(db, row.id, scheduler, stopped=True)
         if failure is None:
             for future in futures:
                 if future.exception() is not None:
@@ -519,7 +553,12 @@ class Downloader:
             raise NetworkError(f"download of {Path(row.dest_path).name} stopped with {len(unfinished)} chunk(s) "
                                "unfinished", hint="rerun the same command to resume")
         if hasher is not None:
+            # Flush the data to disk while the hasher catches up with the last bytes (both wait on I/O or
+            # hash with the GIL released, so they overlap); the fsync before the rename is then cheap.
+            flusher = threading.Thread(target=_fsync_quietly, args=(fd,), name="modfetch-fsync", daemon=True)
+            flusher.start()
             hasher.join()
+            flusher.join()
             digest = hasher.result()
             if digest is not None:
                 return digest
@@ -600,13 +639,15 @@ class Downloader:
             db.save_chunks(download_id, [c.to_row() for c in changed], scheduler.bytes_done())
         return failure
 
-    def _checkpoint(self, db: StateDB, download_id: int, scheduler: Scheduler) -> None:
-        """Persist running chunks' progress (bounded loss on kill -9: about one second of transfer)."""
+    def _checkpoint(self, db: StateDB, download_id: int, scheduler: Scheduler, stopped: bool = False) -> None:
+        """Persist running chunks' progress (bounded loss on kill -9: about one second of transfer).
+
+        ``stopped``: the workers have exited, so no chunk is running any more."""
         with scheduler.lock:
             rows = [c.to_row() for c in scheduler.chunks if c.status != CHUNK_COMPLETE]
         for r in rows:
-            if r.status == "running":
-                r.status = CHUNK_PENDING if r.bytes_done == 0 else "running"
+            if r.status == "running" and (stopped or r.bytes_done == 0):
+                r.status = CHUNK_PENDING
         db.save_chunks(download_id, rows, scheduler.bytes_done())
 
     def _watchdog(self, ctx: FetchContext) -> None:
@@ -628,6 +669,28 @@ class Downloader:
         if isinstance(failure, OSError):
             raise os_error(failure, "cannot write", row.part_path) from None
         raise failure
+
+
+def _fsync_quietly(fd: int) -> None:
+    """fsync for overlap only: an error here resurfaces from the real fsync before the rename."""
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+
+
+class _Clear:
+    """Clears an event when the block ends (after the pool inside it has shut down)."""
+
+    def __init__(self, event: threading.Event | None) -> None:
+        self.event = event
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.event is not None:
+            self.event.clear()
 
 
 class _RunCounters:

@@ -12,17 +12,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 
-from ..util.http import etag_value, parse_content_range, parse_unsatisfied_range
+from ..util.http import etag_value, header_int, parse_content_range, parse_unsatisfied_range
 from .http import RemoteChanged, RetryableError, check_status, request
 from .scheduler import LiveChunk
 
 log = logging.getLogger("modfetch.engine")
 BLOCK = 1 << 20
+MIN_BLOCK = 256 << 10
 
 
 @dataclass
@@ -102,7 +104,7 @@ def _fetch_once(ctx: FetchContext, chunk: LiveChunk, session: requests.Session, 
         if content_range.end >= end:
             expected = end - pos
         length_header = response.headers.get("Content-Length")
-        if length_header is not None and length_header.isdigit() and int(length_header) != content_range.length:
+        if header_int(length_header) not in (None, content_range.length):
             raise RetryableError(f"Content-Length {length_header} disagrees with Content-Range "
                                  f"{response.headers.get('Content-Range')}")
         consumed = _stream_into(ctx, chunk, response, buf, expected, content_range.length)
@@ -114,14 +116,44 @@ def _fetch_once(ctx: FetchContext, chunk: LiveChunk, session: requests.Session, 
             response.close()
 
 
+def _readinto_available(fp: Any) -> Callable[[memoryview], int] | None:
+    """A ``readinto`` that returns as soon as *some* body bytes arrived, straight into our buffer.
+
+    http.client's own ``readinto`` (a BufferedReader underneath) blocks until the whole 1 MiB buffer is full:
+    a slow but steady server then shows no progress to the stall watchdog for seconds (and gets reconnected
+    as "stalled"), and a read timeout throws away everything received into the buffer so far.  For an
+    identity body with a Content-Length we use the socket file's ``readinto1`` (at most one recv) and keep
+    http.client's length bookkeeping, so the connection is still reusable.  Otherwise: http.client's
+    ``readinto``; None (urllib3's allocating read) as the last resort.
+    """
+    if fp is None:
+        return None
+    inner: Any = getattr(fp, "fp", None)
+    if (getattr(fp, "chunked", True) or not isinstance(getattr(fp, "length", None), int)
+            or not hasattr(inner, "readinto1") or not hasattr(fp, "_close_conn")):
+        return getattr(fp, "readinto", None)
+
+    def readinto(view: memoryview) -> int:
+        left = fp.length
+        if fp.fp is None or not left:
+            return 0
+        if len(view) > left:
+            view = view[:left]
+        n = inner.readinto1(view)
+        if n:
+            fp.length = left - n
+        if not n or not fp.length:
+            fp._close_conn()  # as http.client does at the end of a body: the connection becomes reusable
+        return int(n or 0)
+
+    return readinto
+
+
 def _stream_into(ctx: FetchContext, chunk: LiveChunk, response: requests.Response, buf: bytearray,
                  wanted: int, body_length: int) -> bool:
     """Copy up to ``wanted`` body bytes to the chunk's position; True when the body was read to its end."""
     raw = response.raw
-    fp = getattr(raw, "_fp", None)
-    # http.client's readinto fills our buffer straight from the socket (no per-block bytes objects);
-    # urllib3's own read() allocates, so it is only the fallback.
-    readinto = getattr(fp, "readinto", None) if fp is not None else None
+    readinto = _readinto_available(getattr(raw, "_fp", None))
     view = memoryview(buf)
     hasher = chunk.hasher
     thread = threading.get_ident()
@@ -135,25 +167,40 @@ def _stream_into(ctx: FetchContext, chunk: LiveChunk, response: requests.Respons
             limit = min(len(buf), wanted - got, chunk.end - pos)
             if limit <= 0:
                 return False  # the back of this chunk was stolen
-            if readinto is not None:
-                n = readinto(view[:limit])
-            else:
-                data = raw.read(limit)
-                n = len(data)
-                view[:n] = data
-            if not n:
+            # Gather recvs into one block of at least MIN_BLOCK before writing and hashing: on a paced link
+            # each recv is small, and per-block pwrite/hash calls would dominate the CPU cost.
+            n = 0
+            closed = False
+            try:
+                while n < limit:
+                    if readinto is not None:
+                        got_now = readinto(view[n:limit])
+                    else:
+                        data = raw.read(limit - n)
+                        got_now = len(data)
+                        view[n:n + got_now] = data
+                    if not got_now:
+                        closed = True
+                        break
+                    n += got_now
+                    ctx.active[thread] = (response, time.monotonic())
+                    if n >= MIN_BLOCK:
+                        break
+            finally:
+                # Whatever arrived is written even when the connection failed mid-block.
+                stop = chunk.end - pos  # re-read: a steal may have moved the end during the read
+                if n > stop:
+                    n = max(0, stop)
+                if n:
+                    block = view[:n]
+                    _pwrite_all(ctx.fd, block, pos)
+                    hasher.update(block)
+                    chunk.done += n
+                    got += n
+            if closed and got < wanted and chunk.position < chunk.end:
                 raise RetryableError(f"connection closed after {got} of {wanted} bytes")
-            stop = chunk.end - pos  # re-read: a steal may have moved the end during the read
-            if n > stop:
-                n = stop
-            if n <= 0:
-                return False
-            block = view[:n]
-            _pwrite_all(ctx.fd, block, pos)
-            hasher.update(block)
-            chunk.done += n
-            got += n
-            ctx.active[thread] = (response, time.monotonic())
+            if chunk.position >= chunk.end and got < wanted:
+                return False  # the back of this chunk was stolen
     except (OSError, ValueError) as exc:
         raise RetryableError(f"connection failed after {got} of {wanted} bytes: {type(exc).__name__}") from None
     except requests.RequestException as exc:

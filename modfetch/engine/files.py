@@ -6,6 +6,8 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DiskError, LockedError, TargetExistsError
@@ -67,6 +69,25 @@ class TargetLock:
         self.release()
 
 
+def open_part(part: Path, on_discard: Callable[[], None]) -> int:
+    """Open (creating) the ``.part`` file without ever following a link planted at its name.
+
+    Anything at that path that is not a regular file (a symlink, a fifo, a directory) is removed first and
+    ``on_discard`` forgets the chunk state that described it; ``O_NOFOLLOW`` closes the race after the check.
+    """
+    try:
+        st = os.lstat(part)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(part))
+            os.unlink(part)
+            on_discard()
+    return os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
 def preallocate(fd: int, size: int, path: Path) -> None:
     """Reserve ``size`` bytes (fallocate; truncate where unsupported) so ENOSPC surfaces before any transfer."""
     try:
@@ -103,7 +124,8 @@ def install_file(part: Path, final: Path, overwrite: bool) -> None:
             os.replace(part, final)
         else:
             try:
-                os.link(part, final)  # fails with EEXIST instead of clobbering a file that appeared meanwhile
+                # Fails with EEXIST instead of clobbering a file (or a planted link) that appeared meanwhile.
+                os.link(part, final, follow_symlinks=False)
             except FileExistsError:
                 raise TargetExistsError(f"{final} appeared while downloading; not overwriting it",
                                         hint="the new bytes are kept in " + str(part)) from None

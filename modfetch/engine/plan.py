@@ -12,12 +12,13 @@ def plan_chunks(size: int, workers: int, chunk_size: int) -> list[ChunkRow]:
     """Half-open ranges ``[start, end)`` covering ``[0, size)``.
 
     Chunks are at most ``chunk_size``; small files get smaller chunks so every worker has work, but never
-    below MIN_CHUNK (a 3 MiB file uses 3 chunks, not 8).  Work stealing splits the tail at run time.
+    below MIN_CHUNK (a 3 MiB file uses 3 chunks, not 8; a ``chunk_size`` below MIN_CHUNK is raised to it, so
+    ``--chunk-size 1`` cannot plan a billion one-byte chunks).  Work stealing splits the tail at run time.
     """
     if size <= 0:
         return []
     workers = max(1, workers)
-    chunk_size = max(1, chunk_size)
+    chunk_size = max(MIN_CHUNK, chunk_size)
     target = -(-size // (workers * CHUNKS_PER_WORKER))
     length = max(min(chunk_size, max(target, MIN_CHUNK)), 1)
     length = min(length, size)

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import requests
 
+from ..util.http import header_int
 from .fetch import BLOCK
 from .http import RemoteChanged, RetryableError, check_status, request
 
@@ -27,7 +28,7 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
             raise RetryableError(f"unexpected HTTP {response.status_code} for a full download")
         encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
         length_header = response.headers.get("Content-Length")
-        length = int(length_header) if length_header and length_header.isdigit() and not encoded else None
+        length = header_int(length_header) if not encoded else None
         if expected_size is not None and length is not None and length != expected_size:
             raise RemoteChanged(f"size changed from {expected_size} to {length}")
         digest = hashlib.sha256()

@@ -8,20 +8,16 @@ from ..config import Config
 from ..errors import UsageError
 from ..util.redact import redact_url
 from .base import ResolvedFile, Resolver
+from .civitai import CivitaiResolver
 from .http import HttpResolver
+from .huggingface import HuggingFaceResolver
 
 
 def build_resolvers(config: Config) -> list[Resolver]:
     """Resolvers in priority order for this config."""
     resolvers: list[Resolver] = []
-    try:  # the source modules are optional while they are being built
-        from .civitai import CivitaiResolver
-        from .huggingface import HuggingFaceResolver
-    except ImportError:
-        pass
-    else:
-        resolvers.append(HuggingFaceResolver(config))
-        resolvers.append(CivitaiResolver(config))
+    resolvers.append(HuggingFaceResolver(config))
+    resolvers.append(CivitaiResolver(config))
     resolvers.append(HttpResolver())
     return resolvers
 

@@ -22,7 +22,8 @@ def sanitize_filename(name: str | None, fallback: str = FALLBACK_NAME) -> str:
     name = unicodedata.normalize("NFC", name)
     # Only the last path component of whatever was given counts (``../../x.pt`` -> ``x.pt``).
     name = re.split(r"[/\\]", name)[-1]
-    name = _CONTROL.sub("", name).strip().strip(".").strip()
+    # Strip dots and spaces until none lead or trail (". .x" must not become the hidden ".x").
+    name = re.sub(r"^[\s.]+|[\s.]+$", "", _CONTROL.sub("", name))
     name = name.replace(":", "_")
     if not name or name in {".", ".."}:
         return fallback

@@ -40,6 +40,15 @@ def parse_content_range(value: str | None) -> ContentRange | None:
     return ContentRange(start, end, total)
 
 
+def header_int(value: str | None) -> int | None:
+    """A non-negative integer header (Content-Length, X-Linked-Size); None when absent or not plain ASCII digits
+    (``str.isdigit()`` alone accepts '²', which ``int()`` rejects)."""
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 def parse_unsatisfied_range(value: str | None) -> int | None:
     """The total size from a 416's ``Content-Range: bytes */TOTAL``."""
     match = _UNSATISFIED_RANGE.match(value or "")
@@ -51,7 +60,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() alone accepts '²', which float() rejects
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

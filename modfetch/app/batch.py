@@ -1,0 +1,194 @@
+"""Batch runs: a YAML list of download jobs, validated up front, run with bounded parallelism.
+
+One failing job never stops the others; the summary says what happened to each.  A rerun is idempotent:
+the engine turns an already finished, verified file into a no-op (its recorded stat stamp), and placement
+re-checks each target (identical targets are skipped).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..artifacts import TYPES
+from ..config import Config
+from ..engine.download import DownloadResult
+from ..errors import ModfetchError, UsageError
+from ..metrics import checkpoint_writer
+from ..paths import expand_path
+from ..progress import ProgressListener
+from ..state import open_state
+from ..util.filenames import sanitize_filename
+from ..util.redact import redact, redact_url
+from ..util.yamltext import load_yaml
+from .download import DownloadOptions, download_uri
+from .place import PlaceOptions, PlaceReport, configured_apps, place_download
+
+log = logging.getLogger("modfetch.batch")
+JOB_KEYS = ("uri", "dest", "name", "sha256", "type", "place")
+_SCHEMES = ("http://", "https://", "hf://", "civitai://")
+
+
+class BatchError(UsageError):
+    """The batch file is missing, malformed, or a job is invalid (names the file, job index and key)."""
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """One validated job; ``index`` is its 0-based position in ``jobs``."""
+
+    index: int
+    uri: str
+    dest: Path | None = None
+    name: str | None = None
+    sha256: str | None = None
+    artifact_type: str | None = None
+    place: bool | None = None
+
+
+@dataclass
+class JobOutcome:
+    """What one job did: its downloads, its placements, or the error that stopped it."""
+
+    job: BatchJob
+    results: list[DownloadResult] = field(default_factory=list)
+    placements: list[PlaceReport] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the download and every placement succeeded."""
+        return self.error is None and not any(r.failed for r in self.placements)
+
+
+@dataclass
+class BatchSummary:
+    """All job outcomes, in job order."""
+
+    outcomes: list[JobOutcome]
+
+    @property
+    def failed(self) -> list[JobOutcome]:
+        """Jobs that did not fully succeed."""
+        return [o for o in self.outcomes if not o.ok]
+
+
+def _fail(source: str, where: str, message: str) -> BatchError:
+    where = where if where.isprintable() else repr(where)  # a key holding a newline must not split the line
+    return BatchError(f"{source}: {where}: {message}",
+                      hint="each job is a mapping with uri (required), dest, name, sha256, type, place; "
+                      "see docs/PLACEMENT.md")
+
+
+def parse_batch(text: str, source: str) -> list[BatchJob]:
+    """Parse and validate batch YAML; the first problem raises BatchError naming ``jobs[i].key``."""
+    try:
+        data = load_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "YAML"
+        raise _fail(source, where, f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(data, dict) or "jobs" not in data:
+        raise _fail(source, "top level", "must be a mapping with a 'jobs' list")
+    extra = [str(k) for k in data if k != "jobs"]
+    if extra:
+        raise _fail(source, extra[0], "unknown key (only 'jobs' is allowed at the top level)")
+    raw_jobs = data["jobs"]
+    if not isinstance(raw_jobs, list) or not raw_jobs:
+        raise _fail(source, "jobs", "must be a non-empty list")
+    return [_parse_job(source, i, raw) for i, raw in enumerate(raw_jobs)]
+
+
+def _parse_job(source: str, index: int, raw: Any) -> BatchJob:
+    where = f"jobs[{index}]"
+    if isinstance(raw, str):
+        raw = {"uri": raw}
+    if not isinstance(raw, dict):
+        raise _fail(source, where, f"must be a mapping, got {type(raw).__name__}")
+    for key in raw:
+        if key not in JOB_KEYS:
+            raise _fail(source, f"{where}.{key}", f"unknown key (known: {', '.join(JOB_KEYS)})")
+
+    def text(key: str) -> str | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise _fail(source, f"{where}.{key}", f"must be a non-empty string, got {value!r}")
+        return value.strip()
+
+    uri = text("uri")
+    if uri is None:
+        raise _fail(source, f"{where}.uri", "is required")
+    if not uri.lower().startswith(_SCHEMES):
+        raise _fail(source, f"{where}.uri", f"unsupported URI {redact_url(uri)!r} "
+                    "(use http(s)://, hf://owner/repo/path or civitai://model/ID)")
+    dest = text("dest")
+    name = text("name")
+    if name is not None and sanitize_filename(name) != name:
+        raise _fail(source, f"{where}.name", f"must be a plain file name, got {name!r}")
+    sha256 = text("sha256")
+    if sha256 is not None:
+        sha256 = sha256.lower()
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise _fail(source, f"{where}.sha256", "must be 64 hex digits")
+    artifact_type = text("type")
+    if artifact_type is not None and artifact_type not in TYPES:
+        raise _fail(source, f"{where}.type", f"unknown type {artifact_type!r} (known: {', '.join(TYPES)})")
+    place = raw.get("place")
+    if place is not None and not isinstance(place, bool):
+        raise _fail(source, f"{where}.place", f"must be true or false, got {place!r}")
+    return BatchJob(index, uri, expand_path(dest) if dest else None, name, sha256, artifact_type, place)
+
+
+def load_batch(path: Path) -> list[BatchJob]:
+    """Read and validate a batch file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BatchError(f"cannot read batch file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return parse_batch(text, str(path))
+
+
+def run_batch(config: Config, jobs: list[BatchJob], progress: Callable[[], ProgressListener], *,
+              place: bool = False, place_options: PlaceOptions | None = None, force: bool = False,
+              concurrency: int | None = None, chunk_size: int | None = None) -> BatchSummary:
+    """Run every job (``concurrency.batch_parallel_files`` at a time); never raises for a failing job."""
+    place_options = place_options or PlaceOptions()
+    wants_place = [job.place if job.place is not None else place for job in jobs]
+    apps = configured_apps(config, place_options.apps) if any(wants_place) else []
+
+    def run(job: BatchJob, do_place: bool) -> JobOutcome:
+        outcome = JobOutcome(job)
+        options = DownloadOptions(dest=job.dest, out=job.name, sha256=job.sha256, force=force,
+                                  concurrency=concurrency, chunk_size=chunk_size,
+                                  artifact_type=job.artifact_type)
+        try:
+            outcome.results = download_uri(config, job.uri, options, progress, on_checkpoint=metrics_hook)
+            if do_place:
+                opts = dataclasses.replace(
+                    place_options, artifact_type=job.artifact_type or place_options.artifact_type)
+                outcome.placements = [place_download(config, r, opts, apps) for r in outcome.results]
+        except ModfetchError as exc:
+            outcome.error = redact(exc.message)
+        except Exception as exc:  # one job's bug or OS error must not stop the others
+            log.debug("job %d failed", job.index, exc_info=exc)
+            outcome.error = redact(f"{type(exc).__name__}: {exc}")
+        if outcome.error:
+            log.error("job %d (%s) failed: %s", job.index, redact_url(job.uri), outcome.error)
+        return outcome
+
+    metrics_hook = checkpoint_writer(config)
+    # Create and migrate the state DB before the workers race to do it (first opens contend for the lock).
+    open_state(config.state_db).close()
+    parallel = max(1, config.concurrency.batch_parallel_files)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="batch") as pool:
+        futures = [pool.submit(run, job, do) for job, do in zip(jobs, wants_place, strict=True)]
+        return BatchSummary([f.result() for f in futures])

@@ -1,0 +1,186 @@
+"""Prometheus textfile output (node_exporter ``--collector.textfile.directory``).
+
+Counters come from the state DB's ``counters`` table, which every modfetch process adds to, so they are
+monotonic across runs and processes; gauges are derived from the ``downloads`` table.  The file is written
+under an exclusive lock beside it, to a uniquely named temp file in the same directory, fsynced and
+``os.replace``d: a scrape sees either the previous or the next complete file, never a torn or mixed one,
+and two processes writing at once serialise (the later write always carries the newer counter values).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config
+from .state import FINISHED_STATUSES, RUNNING, StateDB, pid_alive
+from .util.redact import redact
+
+log = logging.getLogger("modfetch.metrics")
+
+KNOWN_SOURCES = ("http", "huggingface", "civitai")
+# DB counter name -> (metric name, help text).  Base units; counters end in _total.
+COUNTERS: dict[str, tuple[str, str]] = {
+    "downloaded_bytes": ("modfetch_downloaded_bytes_total", "Bytes fetched and written to disk."),
+    "retries": ("modfetch_retries_total", "Requests retried after a transient failure."),
+    "downloads_succeeded": ("modfetch_downloads_succeeded_total", "Downloads that finished and verified."),
+    "downloads_failed": ("modfetch_downloads_failed_total", "Downloads that ended in an error."),
+}
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass
+class Snapshot:
+    """What one textfile shows: counter values keyed by (db name, labels dict items) and the gauges."""
+
+    counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+    last_duration_seconds: float | None = None
+    last_success_timestamp_seconds: float | None = None
+    in_progress: int = 0
+
+
+def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
+    """``source="http",x="y"`` -> sorted ((name, value), ...), values unescaped."""
+    pairs = [(m.group(1), re.sub(r"\\(.)", lambda e: "\n" if e.group(1) == "n" else e.group(1), m.group(2)))
+             for m in _LABEL.finditer(text or "")]
+    return tuple(sorted(pairs))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def format_value(value: float) -> str:
+    """Integers without a fraction, everything else in Python's shortest round-trip form."""
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+def collect(db: StateDB, now: float | None = None) -> Snapshot:
+    """Read counters and gauges from the state DB."""
+    snap = Snapshot()
+    for (name, labels), value in db.counters().items():
+        key = (name, parse_labels(labels))
+        snap.counters[key] = snap.counters.get(key, 0.0) + value
+    finished = [r for r in db.list_downloads(statuses=list(FINISHED_STATUSES)) if r.finished_at]
+    if finished:
+        last = max(finished, key=lambda r: r.finished_at or 0.0)
+        snap.last_success_timestamp_seconds = last.finished_at
+        timed = [r for r in finished if r.started_at]
+        if timed:
+            latest = max(timed, key=lambda r: r.finished_at or 0.0)
+            snap.last_duration_seconds = max(0.0, (latest.finished_at or 0.0) - (latest.started_at or 0.0))
+    snap.in_progress = sum(1 for r in db.list_downloads(statuses=[RUNNING]) if pid_alive(r.pid))
+    return snap
+
+
+def render(snap: Snapshot) -> str:
+    """The text exposition (format 0.0.4) of a snapshot: HELP and TYPE for every family, no timestamps."""
+    lines: list[str] = []
+    for db_name, (metric, help_text) in COUNTERS.items():
+        series = {labels: value for (name, labels), value in snap.counters.items() if name == db_name}
+        for source in KNOWN_SOURCES:
+            series.setdefault((("source", source),), 0.0)
+        lines.append(f"# HELP {metric} {help_text}")
+        lines.append(f"# TYPE {metric} counter")
+        for labels in sorted(series):
+            rendered = ",".join(f'{k}="{_escape(redact(v))}"' for k, v in labels)
+            lines.append(f"{metric}{{{rendered}}} {format_value(series[labels])}" if rendered
+                         else f"{metric} {format_value(series[labels])}")
+    gauges = [
+        ("modfetch_last_download_duration_seconds", "Wall time of the most recently finished download.",
+         snap.last_duration_seconds),
+        ("modfetch_last_success_timestamp_seconds", "Unix time the most recent successful download finished.",
+         snap.last_success_timestamp_seconds),
+        ("modfetch_downloads_in_progress", "Downloads running right now (in any process).",
+         float(snap.in_progress)),
+    ]
+    for metric, help_text, value in gauges:
+        lines.append(f"# HELP {metric} {help_text}")
+        lines.append(f"# TYPE {metric} gauge")
+        lines.append(f"{metric} {format_value(value or 0.0)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically: unique temp file in the same directory, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temp name must not end in .prom: node_exporter would read it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_textfile(state_db: Path, path: Path) -> str:
+    """Collect from ``state_db`` and write ``path`` under an exclusive lock; returns the text written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.parent / f".{path.name}.lock"
+    with open(lock_path, "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            if state_db.exists():
+                # Read-only: a writable open would run recover_stale, which treats this process's own
+                # running downloads as stale.
+                db = StateDB(state_db, readonly=True)
+                try:
+                    snap = collect(db)
+                finally:
+                    db.close()
+            else:
+                snap = Snapshot()
+            text = render(snap)
+            write_atomic(path, text)
+            return text
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+class TextfileWriter:
+    """A callable for ``Downloader(on_checkpoint=...)``: rewrites the textfile, never raises."""
+
+    def __init__(self, state_db: Path, path: Path) -> None:
+        self.state_db = state_db
+        self.path = path
+        self._lock = threading.Lock()
+        self._warned = False
+        self.last_written: float | None = None
+
+    def __call__(self) -> None:
+        try:
+            with self._lock:
+                write_textfile(self.state_db, self.path)
+                self.last_written = time.time()
+        except Exception as exc:  # metrics must never break a download
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot write metrics textfile %s: %s", self.path, exc)
+            else:
+                log.debug("cannot write metrics textfile %s: %s", self.path, exc)
+
+
+def checkpoint_writer(config: Config) -> Callable[[], None] | None:
+    """The metrics hook for this config, or None when the textfile is disabled."""
+    if not config.metrics.prometheus_textfile.enabled:
+        return None
+    return TextfileWriter(config.state_db, config.metrics_path)
+
+
+__all__ = ["COUNTERS", "Snapshot", "TextfileWriter", "checkpoint_writer", "collect", "parse_labels", "render",
+           "write_atomic", "write_textfile"]

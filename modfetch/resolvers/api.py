@@ -1,0 +1,119 @@
+"""HTTP plumbing shared by the Hugging Face and CivitAI resolvers.
+
+``SourceClient`` talks to one source's endpoint: it sends the ``Authorization`` header only to that host
+(``engine.http.headers_for``), follows redirects that stay on that host, stops at the first redirect that
+leaves it (a CDN / storage URL, returned to the caller unfollowed) and retries transient failures a few
+times.  Tokens come from the environment only and are registered for redaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from ..engine.http import REDIRECT_STATUSES, RETRYABLE_STATUSES, headers_for, host_of
+from ..errors import HTTPStatusError, NetworkError
+from ..util.http import parse_retry_after
+from ..util.redact import redact_url, register_token_env
+
+log = logging.getLogger("modfetch.resolvers")
+ATTEMPTS = 3
+MAX_REDIRECTS = 10
+
+
+def token_from_env(names: Iterable[str]) -> tuple[str | None, str | None]:
+    """``(variable, value)`` of the first non-empty variable in ``names`` (all registered for redaction)."""
+    ordered = [n for n in dict.fromkeys(names) if n]
+    register_token_env(ordered)
+    for name in ordered:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return name, value
+    return None, None
+
+
+def origin(url: str) -> tuple[str, str]:
+    """``(scheme, host:port)`` of a URL."""
+    return urlsplit(url).scheme.lower(), host_of(url)
+
+
+class SourceClient:
+    """Requests to one source endpoint with auth bound to its host and hand-followed on-host redirects."""
+
+    def __init__(self, session: requests.Session, endpoint: str, token: str | None, timeout: float,
+                 label: str) -> None:
+        self.session = session
+        self.endpoint = endpoint.rstrip("/")
+        self.auth_host = host_of(self.endpoint)
+        self.auth_scheme = urlsplit(self.endpoint).scheme.lower()
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout = (min(10.0, timeout), timeout)
+        self.label = label
+
+    def url(self, path: str) -> str:
+        """Absolute URL of ``path`` on the endpoint."""
+        return self.endpoint + path
+
+    def send(self, method: str, url: str, *, follow: bool = True,
+             accept: str | None = None) -> tuple[requests.Response, str]:
+        """Send ``method``; follow redirects that stay on ``url``'s origin (all of them when ``follow``),
+        return the first response that is not such a redirect and the URL that answered it.  The response body
+        is not read (``stream=True``): the caller closes it."""
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._send_once(method, url, accept)
+            location = response.headers.get("Location")
+            if follow and response.status_code in REDIRECT_STATUSES and location:
+                target = urljoin(url, location)
+                if origin(target) == origin(url):
+                    log.debug("%s %s -> %d, following to %s", method, redact_url(url), response.status_code,
+                              redact_url(target))
+                    response.close()
+                    url = target
+                    continue
+            return response, url
+        raise HTTPStatusError(f"too many redirects from {redact_url(url)}", 310)
+
+    def get_json(self, url: str) -> tuple[requests.Response, Any]:
+        """GET a JSON document, on-host redirects followed: ``(response, parsed)``, parsed None on errors."""
+        response, _ = self.send("GET", url, accept="application/json")
+        with response:
+            if response.status_code >= 400:
+                response.content  # noqa: B018 - drain so the connection can be reused
+                return response, None
+            try:
+                return response, json.loads(response.content)
+            except ValueError:
+                raise HTTPStatusError(f"{self.label} sent invalid JSON for {redact_url(url)}",
+                                      response.status_code,
+                                      hint="check that the configured endpoint is that service") from None
+
+    def _send_once(self, method: str, url: str, accept: str | None) -> requests.Response:
+        base = {"Accept": accept} if accept else {}
+        headers = headers_for(url, base, self.auth, self.auth_host, self.auth_scheme)
+        last = ""
+        for attempt in range(ATTEMPTS):
+            delay = 0.3 * (2 ** attempt)
+            try:
+                response = self.session.request(method, url, headers=headers, timeout=self.timeout,
+                                                stream=True, allow_redirects=False)
+            except requests.RequestException as exc:
+                last = f"{type(exc).__name__} talking to {host_of(url)}"
+            else:
+                if response.status_code not in RETRYABLE_STATUSES:
+                    log.debug("%s %s -> %d", method, redact_url(url), response.status_code)
+                    return response
+                last = f"HTTP {response.status_code} from {host_of(url)}"
+                delay = min(5.0, parse_retry_after(response.headers.get("Retry-After")) or delay)
+                response.close()
+            if attempt + 1 < ATTEMPTS:
+                log.debug("%s; retrying in %.1fs", last, delay)
+                time.sleep(delay)
+        raise NetworkError(f"cannot reach {self.label} at {host_of(url)}: {last}",
+                           hint="check your connection and the source's endpoint in the config")
