@@ -1,5 +1,5 @@
-"""Shared fixtures: per-test isolation (HOME, XDG dirs, no tokens), the fault-injecting server, and a helper that
-runs modfetch in-process (Click's CliRunner) or as a real subprocess against a per-test config and state DB."""
+"""Shared fixtures: per-test isolation (HOME, XDG dirs, no tokens), the fault-injecting server, and a helper
+that runs modfetch in-process (Click's CliRunner) or as a real subprocess against a per-test config and DB."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
 
 @pytest.fixture
 def faulty_server() -> Iterator[Callable[..., FaultyServer]]:
-    """Factory: ``faulty_server(size=8 * MiB, cut_after=1000, ...)`` starts a FaultyServer; all stop at teardown."""
+    """Factory: ``faulty_server(size=8 * MiB, cut_after=1000, ...)`` starts a FaultyServer; all stop at
+    teardown."""
     started: list[FaultyServer] = []
 
     def start(size: int = 4 * MiB, seed: int = 1, path: str = "/file.bin", **faults: Any) -> FaultyServer:
@@ -86,7 +87,8 @@ def modfetch_command() -> list[str]:
 
 
 class Modfetch:
-    """Runs modfetch for one test: a config at the XDG location (fast backoff, small chunks), ``dest`` for files."""
+    """Runs modfetch for one test: a config at the XDG location (fast backoff, small chunks), ``dest`` for
+    files."""
 
     def __init__(self, home: Path, tmp_path: Path) -> None:
         self.home = home
@@ -143,8 +145,8 @@ class Modfetch:
 
     def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
         """Start ``modfetch ARGS`` without waiting."""
-        return subprocess.Popen(self.command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=os.environ.copy(), **kwargs)
+        return subprocess.Popen(self.command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=os.environ.copy(), **kwargs)
 
     # -- state
     def rows(self) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""The CLI commands of issue 3 end to end: download output, status (table / JSON / selectors), verify, --version,
-help, global options anywhere, and progress rendering (tqdm on a TTY, nothing otherwise)."""
+"""The CLI commands of issue 3 end to end: download output, status (table / JSON / selectors), verify,
+--version, help, global options anywhere, and progress rendering (tqdm on a TTY, nothing otherwise)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def test_status_table_and_selectors(mf: Modfetch, faulty_server: Serve) -> None:
     assert table.exit_code == 0
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["ID", "FILE", "SIZE", "PROGRESS", "STATUS", "UPDATED"]
-    assert any("a.bin" in line and "1.0 MiB" in line and "100.0%" in line and "complete" in line for line in lines)
+    assert any("a.bin" in line and "1.0 MiB" in line and "100.0%" in line and "complete" in line
+               for line in lines)
     assert any("b.bin" in line and "2.0 MiB" in line for line in lines)
     rows = mf.status()
     assert {r["path"] for r in rows} == {str(mf.dest / "a.bin"), str(mf.dest / "b.bin")}
@@ -168,7 +169,7 @@ def test_verify_nothing_finished(mf: Modfetch) -> None:
 
 
 def _run_on_pty(argv: list[str], timeout: float = 60) -> tuple[int, str, str]:
-    """Run with stderr on a pseudo-terminal (so it is a TTY) and stdout on a pipe; returns (rc, stdout, tty)."""
+    """Run with stderr on a pseudo-terminal (a TTY) and stdout on a pipe; returns (rc, stdout, tty)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real size, not 0x0
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL,
@@ -200,7 +201,8 @@ def _run_on_pty(argv: list[str], timeout: float = 60) -> tuple[int, str, str]:
 
 def test_progress_bar_on_a_tty(mf: Modfetch, faulty_server: Serve) -> None:
     server = faulty_server(size=8 * MiB, rate=4 * MiB)
-    rc, stdout, tty = _run_on_pty([*modfetch_command(), "download", "--url", server.url, "--dest", str(mf.dest)])
+    argv = [*modfetch_command(), "download", "--url", server.url, "--dest", str(mf.dest)]
+    rc, stdout, tty = _run_on_pty(argv)
     assert rc == 0, tty
     bar = [line for line in tty.replace("\r", "\n").splitlines() if "%|" in line]
     assert bar, tty

@@ -1,5 +1,6 @@
-"""CLI error contract: exit 0 ok / 1 download or verify failure / 2 usage or config error; every error one clear
-line (plus a hint), no traceback unless --log-level debug.  In-process (CliRunner) and as real processes."""
+"""CLI error contract: exit 0 ok / 1 download or verify failure / 2 usage or config error; every error one
+clear line (plus a hint), no traceback unless --log-level debug.  In-process (CliRunner) and as real
+processes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from tests.servers.faulty import FaultyServer
 
 Serve = Callable[..., FaultyServer]
 
-BAD_URLS = ["notaurl", "ftp://x", "http://", "https://", "http:///path", "http://host:0/x", "http://exa mple.com/x",
-            "http://[::1/x", "file:///etc/passwd", "", "   "]
+BAD_URLS = ["notaurl", "ftp://x", "http://", "https://", "http:///path", "http://host:0/x",
+            "http://exa mple.com/x", "http://[::1/x", "file:///etc/passwd", "", "   "]
 
 
 @pytest.mark.parametrize("url", BAD_URLS)
@@ -80,7 +81,8 @@ def test_bad_config_as_a_process_exits_2(mf: Modfetch, tmp_path: Path, name: str
     assert_clean_error(done.stderr, str(path))
 
 
-def test_modfetch_config_env_var_is_used(mf: Modfetch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_modfetch_config_env_var_is_used(mf: Modfetch, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "env.yml"
     path.write_text("bogus: 1\n")
     monkeypatch.setenv("MODFETCH_CONFIG", str(path))
@@ -122,8 +124,9 @@ def test_usage_errors_exit_2_with_one_line(mf: Modfetch, args: list[str], needle
     assert_clean_error(result.stderr, needle)
 
 
-@pytest.mark.parametrize("args", [["download", "--concurrency", "0", "--url", "http://h/x"], ["download", "--nope"],
-                                  ["no-such-command"], ["--log-level", "loud", "status"]])
+@pytest.mark.parametrize("args", [["download", "--concurrency", "0", "--url", "http://h/x"],
+                                  ["download", "--nope"], ["no-such-command"],
+                                  ["--log-level", "loud", "status"]])
 def test_click_usage_errors_exit_2(mf: Modfetch, args: list[str]) -> None:
     result = mf.cli(*args)
     assert result.exit_code == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_chunk_rows_cover_the_file_with_recorded_hashes(mf: Modfetch, faulty_ser
     chunks = mf.chunk_rows(out["id"])
     assert chunks[0]["start"] == 0 and chunks[-1]["end"] == server.size
     content = server.content()
-    for before, after in zip(chunks, chunks[1:]):
+    for before, after in itertools.pairwise(chunks):
         assert before["end"] == after["start"]
     for chunk in chunks:
         assert chunk["status"] == "complete"
@@ -68,7 +69,8 @@ def test_each_chunk_is_requested_exactly_once_with_if_range(mf: Modfetch, faulty
     server = faulty_server(size=6 * MiB)
     mf.download_json(server.url, "--chunk-size", "1M", "--concurrency", "3")
     data = server.data_requests()
-    assert sorted((r.range_start, r.range_end) for r in data) == [(i * MiB, (i + 1) * MiB - 1) for i in range(6)]
+    expected = [(i * MiB, (i + 1) * MiB - 1) for i in range(6)]
+    assert sorted((r.range_start, r.range_end) for r in data) == expected
     assert {r.header("If-Range") for r in data} == {server.etag()}
 
 
@@ -100,7 +102,7 @@ def test_work_stealing_splits_a_slow_tail(mf: Modfetch, faulty_server: Serve) ->
     chunks = mf.chunk_rows(out["id"])
     assert len(chunks) == 9
     assert chunks[0]["start"] == 0 and chunks[-1]["end"] == size
-    for before, after in zip(chunks, chunks[1:]):
+    for before, after in itertools.pairwise(chunks):
         assert before["end"] == after["start"]
     content = server.content()
     for chunk in chunks:

@@ -138,7 +138,8 @@ def test_wrong_content_range_is_never_written(mf: Modfetch, faulty_server: Serve
     assert "Content-Range" in result.stderr
 
 
-def test_always_wrong_content_range_fails_clearly_and_writes_nothing(mf: Modfetch, faulty_server: Serve) -> None:
+def test_always_wrong_content_range_fails_clearly_and_writes_nothing(mf: Modfetch,
+                                                                    faulty_server: Serve) -> None:
     server = faulty_server(size=2 * MiB, wrong_range_times=None)
     mf.write_config(concurrency={"max_retries": 1})
     result = mf.download(server.url, "--concurrency", "1")

@@ -157,8 +157,8 @@ def test_kill_9_mid_download_then_rerun_resumes(mf: Modfetch, faulty_server: Ser
     refetched = server.body_bytes(mark)
     assert refetched < size
     assert refetched <= size - killed_at + 4 * MiB  # at most the unrecorded tail of each running chunk
-    check = subprocess.run(["sha256sum", "-c", "file.bin.sha256"], cwd=mf.dest, capture_output=True, text=True,
-                           check=False)
+    check = subprocess.run(["sha256sum", "-c", "file.bin.sha256"], cwd=mf.dest, capture_output=True,
+                           text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     assert [r["status"] for r in mf.rows()] == ["complete"]
 
@@ -166,7 +166,8 @@ def test_kill_9_mid_download_then_rerun_resumes(mf: Modfetch, faulty_server: Ser
 def test_ctrl_c_saves_state_and_rerun_resumes(mf: Modfetch, faulty_server: Serve) -> None:
     size = 12 * MiB
     server = faulty_server(size=size, rate=1.5 * MiB)
-    args = ("download", "--url", server.url, "--dest", str(mf.dest), "--chunk-size", "1M", "--concurrency", "4")
+    args = ("download", "--url", server.url, "--dest", str(mf.dest), "--chunk-size", "1M",
+            "--concurrency", "4")
     proc = mf.popen(*args)
     try:
         _wait_for(lambda: any(r["bytes_done"] >= 2 * MiB for r in mf.rows()))

@@ -36,7 +36,8 @@ def test_identical_file_with_sha256_is_a_no_op_without_any_get(mf: Modfetch, fau
     target = mf.dest / "file.bin"
     target.write_bytes(server.content())
     mtime = target.stat().st_mtime_ns
-    result = mf.cli("download", "--json", "--url", server.url, "--dest", str(mf.dest), "--sha256", server.sha256())
+    result = mf.cli("download", "--json", "--url", server.url, "--dest", str(mf.dest),
+                    "--sha256", server.sha256())
     assert result.exit_code == 0, result.output
     assert [r.method for r in server.requests if r.method == "GET"] == []
     assert target.stat().st_mtime_ns == mtime
@@ -168,8 +169,8 @@ def test_lock_held_in_process_is_reported(mf: Modfetch, faulty_server: Serve) ->
 
 def test_different_targets_run_in_parallel(mf: Modfetch, faulty_server: Serve) -> None:
     server = faulty_server(size=2 * MiB, rate=4 * MiB)
-    procs = [mf.popen("download", "--quiet", "--url", server.url, "--dest", str(mf.dest), "--out", f"f{i}.bin")
-             for i in range(2)]
+    procs = [mf.popen("download", "--quiet", "--url", server.url, "--dest", str(mf.dest),
+                      "--out", f"f{i}.bin") for i in range(2)]
     for proc in procs:
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0, stderr

@@ -96,9 +96,9 @@ def test_stall_is_bounded_by_stop(faulty_server: Serve) -> None:
 
 
 def test_standalone_mode(tmp_path: object) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "tests.servers.faulty", "--port", "0", "--size", "1M", "--mode",
-                             "nohead", "--mode", "cut"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    argv = [sys.executable, "-m", "tests.servers.faulty", "--port", "0", "--size", "1M",
+            "--mode", "nohead", "--mode", "cut"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

@@ -1,4 +1,4 @@
-"""Config loading (modfetch/config.py): defaults, precedence, validation errors naming file and key, secrets."""
+"""Config loading (modfetch/config.py): defaults, precedence, errors naming file and key, secrets."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def test_full_documented_example_parses() -> None:
 version: 1
 general: {download_root: ~/Downloads/modfetch, data_root: ~/.local/share/modfetch, allow_overwrite: false}
 network: {timeout_seconds: 30, user_agent: "modfetch/x"}
-concurrency: {per_file_chunks: 8, chunk_size_mb: 16, max_retries: 8, backoff_min_ms: 250, backoff_max_ms: 30000}
+concurrency: {per_file_chunks: 8, chunk_size_mb: 16, max_retries: 8, backoff_min_ms: 250,
+              backoff_max_ms: 30000}
 logging: {level: info, format: human}
 """
     config = parse_config(text, "example.yml")

@@ -1,4 +1,4 @@
-"""Header parsing (modfetch/util/http.py): Content-Range, 416 totals, Retry-After, Content-Disposition, ETags."""
+"""Header parsing (modfetch/util/http.py): Content-Range, 416, Retry-After, Content-Disposition, ETags."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_strong_etag(value: str | None, strong: str | None) -> None:
     assert strong_etag(value) == strong
 
 
-@pytest.mark.parametrize(("value", "bare"), [('"abc"', "abc"), ('W/"abc"', "abc"), ("abc", "abc"), ('""', None),
-                                             (None, None)])
+@pytest.mark.parametrize(("value", "bare"), [('"abc"', "abc"), ('W/"abc"', "abc"), ("abc", "abc"),
+                                             ('""', None), (None, None)])
 def test_etag_value(value: str | None, bare: str | None) -> None:
     assert etag_value(value) == bare

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,7 +17,7 @@ def _check_cover(size: int, chunks: list) -> None:
     assert [c.idx for c in chunks] == list(range(len(chunks)))
     assert chunks[0].start == 0
     assert chunks[-1].end == size
-    for before, after in zip(chunks, chunks[1:]):
+    for before, after in itertools.pairwise(chunks):
         assert before.end == after.start
     assert all(c.end > c.start for c in chunks)
     assert all(c.bytes_done == 0 and c.status == "pending" and c.sha256 is None for c in chunks)

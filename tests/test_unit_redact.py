@@ -1,4 +1,4 @@
-"""Secret redaction (modfetch/util/redact.py) and human sizes / --chunk-size parsing (modfetch/util/sizes.py)."""
+"""Secret redaction (modfetch/util/redact.py), human sizes and --chunk-size parsing (util/sizes.py)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -110,11 +111,18 @@ def cli(ctx: click.Context, /, **_: Any) -> None:
     ctx.ensure_object(CliState)
 
 
+_STOPPING = threading.Event()
+
+
 def _terminate(signum: int, _frame: object) -> None:
-    """SIGTERM behaves like Ctrl-C: downloads checkpoint their state and the process exits cleanly.
+    """SIGINT/SIGTERM: downloads checkpoint their state and the process exits cleanly (130).
 
     While a download's coordinator polls for stop requests in this (main) thread, the signal only asks it to
-    stop: a KeyboardInterrupt raised inside the thread pool's bookkeeping can leave locks held and hang."""
+    stop: a KeyboardInterrupt raised inside the thread pool's bookkeeping can leave locks held and hang.  Once
+    stopping, further signals are ignored so they cannot cut the state saving short (SIGKILL still works)."""
+    if _STOPPING.is_set():
+        return
+    _STOPPING.set()
     engine = sys.modules.get("modfetch.engine.download")
     if engine is not None and engine.POLLING.is_set():
         engine.request_stop()

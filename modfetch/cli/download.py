@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from ..app.download import DownloadOptions, download_uri, validate_sha256
@@ -13,8 +11,6 @@ from ..metrics import checkpoint_writer
 from ..paths import expand_path
 from ..util.sizes import parse_size
 from .context import CliState, global_options, pass_state
-from .picker import with_picker
-from .place import Placer, render_report, report_json, run_batch_cli
 from .progress import progress_factory
 
 
@@ -38,18 +34,21 @@ from .progress import progress_factory
 @pass_state
 def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
             out: str | None, sha256: str | None, force: bool, concurrency: int | None, chunk_size: str | None,
-            **_: Any) -> None:
+            pick: bool, place: bool, artifact_type: str | None, batch_file: str | None) -> None:
     """Download files, verify their SHA-256 and print each final path and hash.
 
     Reruns resume from where the last run stopped; a file already present and verified is not fetched
     again.  URIs: http(s)://..., hf://owner/repo/path[?rev=REV], civitai://model/ID[?version=V].
     """
+    # Placement, batch and picker code is imported only when asked for: a plain download starts faster.
     targets = [*url_options, *urls]
-    if _.get("batch_file"):
+    if batch_file:
+        from .place import run_batch_cli
+
         if targets:
             raise UsageError("--batch cannot be combined with URLs",
                              hint="add them as jobs to the batch file")
-        return run_batch_cli(state, _["batch_file"], place=_["place"], artifact_type=_["artifact_type"],
+        return run_batch_cli(state, batch_file, place=place, artifact_type=artifact_type,
                              force=force, concurrency=concurrency,
                              chunk_size=parse_size(chunk_size) if chunk_size else None)
     if not targets:
@@ -62,17 +61,26 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
         force=force,
         concurrency=concurrency,
         chunk_size=parse_size(chunk_size) if chunk_size else None,
-        artifact_type=_.get("artifact_type"),
+        artifact_type=artifact_type,
     )
     if out and len(targets) > 1:
         raise UsageError("--out names one file, but several URLs were given")
     factory = progress_factory(state.quiet, state.json_output)
     metrics_hook = checkpoint_writer(config)
-    placer = Placer(state, _.get("artifact_type")) if _.get("place") else None
+    placer = None
+    if place:
+        from .place import Placer, render_report, report_json
+
+        placer = Placer(state, artifact_type)
     for target in targets:
-        results = with_picker(
-            lambda uri: download_uri(config, uri, options, factory, on_checkpoint=metrics_hook),
-            target, pick=bool(_.get("pick")))
+        if pick:
+            from .picker import with_picker
+
+            results = with_picker(
+                lambda uri: download_uri(config, uri, options, factory, on_checkpoint=metrics_hook),
+                target, pick=True)
+        else:
+            results = download_uri(config, target, options, factory, on_checkpoint=metrics_hook)
         for result in results:
             report = placer.place(result) if placer else None
             if state.json_output:

@@ -9,6 +9,7 @@ fetch, ``pwrite`` and hash.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import os
@@ -673,10 +674,8 @@ class Downloader:
 
 def _fsync_quietly(fd: int) -> None:
     """fsync for overlap only: an error here resurfaces from the real fsync before the rename."""
-    try:
+    with contextlib.suppress(OSError):
         os.fsync(fd)
-    except OSError:
-        pass
 
 
 class _Clear:

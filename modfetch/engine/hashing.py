@@ -3,6 +3,7 @@ that computes the final SHA-256 while later chunks are still downloading."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -15,10 +16,8 @@ WRITEBACK_STEP = 32 << 20
 
 def advise_done(fd: int, offset: int, length: int) -> None:
     """Start writeback of (and release from cache) a range we will not read again; best effort."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-    except (OSError, AttributeError):
-        pass
 
 
 def hash_range(fd: int, start: int, end: int, buffer: bytearray | None = None) -> str:

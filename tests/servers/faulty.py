@@ -23,6 +23,7 @@ or standalone (scripts/uat)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import email.utils
 import hashlib
@@ -509,10 +510,8 @@ class _Handler(BaseHTTPRequestHandler):
             if cut is not None and sent >= cut:
                 self.wfile.flush()
                 self.close_connection = True
-                try:
+                with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 return
             if rate:
                 ahead = sent / rate - (time.monotonic() - began)
@@ -532,7 +531,8 @@ def _parse_size(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the server in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m tests.servers.faulty", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.servers.faulty",
+                                     description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: pick a free port (printed)")
     parser.add_argument("--size", type=_parse_size, default=_parse_size("16M"), help="e.g. 64M")
@@ -549,8 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         settings["rate"] = args.rate
     server = FaultyServer(size=args.size, faults=Faults(**settings), seed=args.seed, host=args.host,
                           port=args.port, path=args.path)
-    print(f"serving {server.url} size={server.size} sha256={server.sha256()} modes={','.join(args.mode or ['full'])}",
-          flush=True)
+    modes = ",".join(args.mode or ["full"])
+    print(f"serving {server.url} size={server.size} sha256={server.sha256()} modes={modes}", flush=True)
     server.start()
     try:
         while True:
