@@ -153,17 +153,24 @@ def parse_hf_uri(uri: str) -> HfUri:
                  _split_globs(params.get("exclude", [])))
 
 
-def is_hf_browser_url(uri: str, extra_hosts: Iterable[str] = ()) -> bool:
-    """True for a Hub web URL (``/owner/repo/blob|resolve|tree/REV/...``) on the Hub or ``extra_hosts``."""
+def _web_path_segments(uri: str, hosts: Iterable[str], extra_hosts: Iterable[str]) -> list[str] | None:
+    """The non-empty path segments of an http(s) URL on one of ``hosts``/``extra_hosts``, else None."""
     try:
         parts = urlsplit(uri.strip())
     except ValueError:
-        return False
+        return None
     if parts.scheme.lower() not in ("http", "https"):
+        return None
+    if _host(parts.netloc) not in {*hosts, *(h.lower() for h in extra_hosts)}:
+        return None
+    return [s for s in parts.path.split("/") if s]
+
+
+def is_hf_browser_url(uri: str, extra_hosts: Iterable[str] = ()) -> bool:
+    """True for a Hub web URL (``/owner/repo/blob|resolve|tree/REV/...``) on the Hub or ``extra_hosts``."""
+    segs = _web_path_segments(uri, HF_HOSTS, extra_hosts)
+    if segs is None:
         return False
-    if _host(parts.netloc) not in HF_HOSTS | {h.lower() for h in extra_hosts}:
-        return False
-    segs = [s for s in parts.path.split("/") if s]
     if segs and segs[0] in REPO_TYPES:
         segs = segs[1:]
     return any(len(segs) > i + 1 and segs[i] in _BROWSER_MARKERS for i in (1, 2))
@@ -245,15 +252,9 @@ def parse_civitai_uri(uri: str) -> CivitaiUri:
 
 def is_civitai_browser_url(uri: str, extra_hosts: Iterable[str] = ()) -> bool:
     """True for ``https://civitai.com/models/ID...`` or ``.../api/download/models/V`` (or ``extra_hosts``)."""
-    try:
-        parts = urlsplit(uri.strip())
-    except ValueError:
+    segs = _web_path_segments(uri, CIVITAI_HOSTS, extra_hosts)
+    if segs is None:
         return False
-    if parts.scheme.lower() not in ("http", "https"):
-        return False
-    if _host(parts.netloc) not in CIVITAI_HOSTS | {h.lower() for h in extra_hosts}:
-        return False
-    segs = [s for s in parts.path.split("/") if s]
     return (len(segs) >= 2 and segs[0] == "models") or segs[:3] == ["api", "download", "models"]
 
 
