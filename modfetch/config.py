@@ -17,12 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from . import __version__
 from .errors import ConfigError
 from .paths import default_config_file, default_data_root, expand_path
-from .util.yamltext import load_yaml
 
 # Keys whose values would be secrets: refused anywhere in the file (``token_env`` names a variable: fine).
 _SECRET_KEY = re.compile(r"(^|_)(token|password|passwd|secret|api_?key|apikey|auth|credentials?)$", re.I)
@@ -265,6 +262,10 @@ def _build(cls: type[Any], data: Any, where: str) -> Any:
 
 def parse_config(text: str, source: str) -> Config:
     """Parse and validate config YAML text; errors name ``source`` and the offending key."""
+    import yaml  # only when a config file exists: keeps start-up of config-less runs lean
+
+    from .util.yamltext import load_yaml
+
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:

@@ -16,12 +16,17 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner, Result
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # ``tests.servers`` must import however pytest was started
     sys.path.insert(0, str(ROOT))
 
 from tests.servers.faulty import Faults, FaultyServer  # noqa: E402
+
+# Property tests assert properties, not speed: no per-example deadline on a loaded 2-core CI machine.
+settings.register_profile("modfetch", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("modfetch")
 
 MiB = 1 << 20
 _SCRUBBED_ENV = (
