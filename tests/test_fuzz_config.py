@@ -10,6 +10,7 @@ import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from modfetch.app.batch import parse_batch
 from modfetch.config import Config, parse_config
 from modfetch.errors import ModfetchError
 
@@ -74,15 +75,9 @@ def test_config_yaml_that_pyyaml_chokes_on_is_a_config_error(text: str) -> None:
         parse_config(text, "fuzz.yml")
 
 
-try:
-    from modfetch.app.batch import parse_batch
-except ImportError:  # pragma: no cover - batch files are a later issue's feature
-    parse_batch = None
 
 
 def _batch_outcome(text: str) -> None:
-    if parse_batch is None:
-        pytest.skip("modfetch.app.batch.parse_batch does not exist")
     try:
         jobs = parse_batch(text, "jobs.yml")
     except ModfetchError as exc:
@@ -112,8 +107,6 @@ def test_batch_structured(tree: Any, jobs: list[Any]) -> None:
 @pytest.mark.parametrize("text", ["jobs: 2001-13-01", "[" * 5000, "jobs: [!!int 0b2]"])
 def test_batch_yaml_that_pyyaml_chokes_on_is_a_batch_error(text: str) -> None:
     """Regression (fuzzing): the batch loader had the same PyYAML ValueError / RecursionError escape."""
-    if parse_batch is None:
-        pytest.skip("modfetch.app.batch.parse_batch does not exist")
     with pytest.raises(ModfetchError, match="invalid YAML"):
         parse_batch(text, "jobs.yml")
 
@@ -128,8 +121,6 @@ def test_config_key_with_a_newline_gives_a_one_line_error() -> None:
 
 def test_batch_key_with_a_newline_gives_a_one_line_error() -> None:
     """Regression (fuzzing): the batch loader echoed a newline-holding key raw, splitting the error line."""
-    if parse_batch is None:
-        pytest.skip("modfetch.app.batch.parse_batch does not exist")
     with pytest.raises(ModfetchError) as info:
         parse_batch('jobs:\n  - {"\\nx": 1}\n', "jobs.yml")
     assert "\n" not in info.value.message and "unknown key" in info.value.message

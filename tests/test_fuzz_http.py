@@ -107,13 +107,21 @@ def test_content_range_parsed_ranges_are_consistent(value: str) -> None:
 
 
 @FUZZ
-@given(start=st.integers(0, 2**64), length=st.integers(1, 2**40), extra=st.integers(0, 2**40))
+@given(start=st.integers(0, 2**62), length=st.integers(1, 2**40), extra=st.integers(0, 2**40))
 def test_content_range_round_trip(start: int, length: int, extra: int) -> None:
     end = start + length - 1
     total = end + 1 + extra
     parsed = parse_content_range(f"bytes {start}-{end}/{total}")
     assert parsed is not None and (parsed.start, parsed.end, parsed.total) == (start, end, total)
     assert parse_content_range(f"bytes {start}-{end}/{end}") is None   # end must be inside the total
+
+
+@FUZZ
+@given(beyond=st.integers(2**63, 10**40))
+def test_content_range_beyond_any_file_size_is_malformed(beyond: int) -> None:
+    assert parse_content_range(f"bytes 0-0/{beyond}") is None
+    assert parse_content_range(f"bytes {beyond}-{beyond}/*") is None
+    assert parse_unsatisfied_range(f"bytes */{beyond}") is None
 
 
 @FUZZ

@@ -18,6 +18,7 @@ from typing import Any
 
 import requests
 
+from ..errors import ProtocolViolation
 from ..util.http import etag_value, header_int, parse_content_range, parse_unsatisfied_range
 from .http import RemoteChanged, RetryableError, check_status, request
 from .scheduler import LiveChunk
@@ -94,6 +95,12 @@ def _fetch_once(ctx: FetchContext, chunk: LiveChunk, session: requests.Session, 
                                 + (" — the remote file changed" if ctx.if_range else ""))
         if response.status_code != 206:
             raise RetryableError(f"unexpected HTTP {response.status_code} to a ranged request")
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", ""):
+            # The body is compressed bytes (read raw, never decoded): writing them at the offset corrupts the file.
+            raise ProtocolViolation(f"server compressed a ranged response (Content-Encoding: {encoding}) "
+                                    f"although modfetch asked for identity; cannot write it at offset {pos}",
+                                    hint="the server ignores Accept-Encoding: identity for ranged requests")
         content_range = parse_content_range(response.headers.get("Content-Range"))
         if content_range is None or content_range.start != pos:
             raise RetryableError(f"server sent Content-Range {response.headers.get('Content-Range')!r} "

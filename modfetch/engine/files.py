@@ -6,6 +6,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -145,7 +146,9 @@ def install_file(part: Path, final: Path, overwrite: bool) -> None:
 def write_checksum_file(final: Path, sha256: str) -> Path:
     """Write ``<final>.sha256`` in ``sha256sum`` format atomically; returns its path."""
     checksum = final.with_name(final.name + ".sha256")
-    temp = final.with_name(f".{final.name}.sha256.{os.getpid()}.tmp")
+    # Not named after ``final``: a 240-byte name plus ".sha256.PID.tmp" would pass NAME_MAX (255) and fail
+    # after the file was already installed.
+    temp = final.with_name(f".modfetch-{os.getpid()}-{secrets.token_hex(6)}.sha256.tmp")
     try:
         temp.write_text(f"{sha256}  {final.name}\n", encoding="utf-8")
         os.replace(temp, checksum)

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 import requests
 
 from ..errors import HTTPStatusError
-from ..util.http import parse_content_disposition_filename, parse_content_range, parse_unsatisfied_range
+from ..util.http import (
+    header_int,
+    parse_content_disposition_filename,
+    parse_content_range,
+    parse_unsatisfied_range,
+)
 from ..util.redact import redact_url
 from .http import RetryableError, check_status, request
 
@@ -33,10 +38,7 @@ class ProbeResult:
 
 
 def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None and value.strip().isdigit() else None
-    except ValueError:
-        return None
+    return header_int(value)  # ASCII digits up to MAX_SIZE only: a 10^30 "size" is a malformed header
 
 
 def probe(session: requests.Session, url: str, *, base_headers: Mapping[str, str], auth: Mapping[str, str],
@@ -75,9 +77,17 @@ def probe(session: requests.Session, url: str, *, base_headers: Mapping[str, str
             total = parse_unsatisfied_range(response.headers.get("Content-Range"))
             if total == 0 or (total is None and head_size == 0):
                 return ProbeResult(final, 0, True, etag, modified, name)
-            raise RetryableError(f"416 to bytes=0-0 from {redact_url(final)}")
+            # Unsatisfiable "bytes=0-0" for a file that is not empty: the server's ranges are broken, not the
+            # network.  Fetch it as one plain GET (its Content-Length and status are checked there).
+            log.warning("server refused bytes=0-0 with 416 for a non-empty file; downloading as one stream")
+            return ProbeResult(final, head_size, False, etag, modified, name)
         check_status(response, final)
         if response.status_code == 206:
+            if response.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
+                # A compressed 206 cannot be written at an offset (its Content-Length counts compressed bytes).
+                log.warning("server compresses ranged responses (Content-Encoding: %s); downloading as one stream",
+                            response.headers.get("Content-Encoding"))
+                return ProbeResult(final, head_size, False, etag, modified, name)
             content_range = parse_content_range(response.headers.get("Content-Range"))
             if content_range is not None and content_range.start == 0 and content_range.total is not None:
                 if head_size is not None and head_size != content_range.total:

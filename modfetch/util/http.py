@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.I)
+MAX_SIZE = (1 << 63) - 1  # no file is larger (off_t, SQLite INTEGER): a bigger number is a malformed header
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,10 @@ def parse_content_range(value: str | None) -> ContentRange | None:
     match = _CONTENT_RANGE.match(value)
     if not match:
         return None
-    start, end = int(match.group(1)), int(match.group(2))
-    total = None if match.group(3) == "*" else int(match.group(3))
+    start, end = header_int(match.group(1)), header_int(match.group(2))
+    total = None if match.group(3) == "*" else header_int(match.group(3))
+    if start is None or end is None or (total is None and match.group(3) != "*"):
+        return None  # a number beyond MAX_SIZE
     if end < start or (total is not None and end >= total):
         return None
     return ContentRange(start, end, total)
@@ -46,13 +49,16 @@ def header_int(value: str | None) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    return int(value) if value.isascii() and value.isdigit() else None
+    if not (value.isascii() and value.isdigit()) or len(value.lstrip("0")) > 19:
+        return None  # (int() of thousands of digits raises ValueError; anything past 19 is past MAX_SIZE)
+    number = int(value)
+    return number if number <= MAX_SIZE else None
 
 
 def parse_unsatisfied_range(value: str | None) -> int | None:
     """The total size from a 416's ``Content-Range: bytes */TOTAL``."""
     match = _UNSATISFIED_RANGE.match(value or "")
-    return int(match.group(1)) if match else None
+    return header_int(match.group(1)) if match else None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
