@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from modfetch.engine.download import MAX_RESTARTS
 from tests.conftest import MiB, Modfetch, assert_clean_error
 from tests.servers.faulty import FaultyServer
 
@@ -62,6 +65,20 @@ def test_remote_change_during_download_restarts_cleanly(mf: Modfetch, faulty_ser
     assert v2 and {r.header("If-Range") for r in v2} == {server.etag(2)}
     row = mf.status()[0]
     assert row["etag"] == server.etag(2) and row["sha256"] == server.sha256(2)
+
+
+def test_remote_that_keeps_changing_fails_clearly_after_bounded_restarts(mf: Modfetch,
+                                                                          faulty_server: Serve) -> None:
+    # every GET after the probe sees a new version: no restart can ever finish
+    server = faulty_server(size=4 * MiB, change_after=1, change_every=1)
+    result = mf.cli("download", "--url", server.url, "--dest", str(mf.dest), "--chunk-size", "1M")
+    assert result.exit_code == 1, result.output
+    assert_clean_error(result.stderr, "kept changing")
+    assert result.stderr.count("remote file changed") == MAX_RESTARTS
+    assert not (mf.dest / "file.bin").exists()
+    assert mf.rows()[0]["status"] == "failed"
+    # bounded: each restart asks again from the start; nothing loops forever
+    assert sum(1 for r in server.data_requests() if r.range_start == 0) <= 2 * (MAX_RESTARTS + 1)
 
 
 def test_changed_remote_without_etag_is_caught_by_if_range_date(mf: Modfetch, faulty_server: Serve) -> None:
@@ -210,3 +227,43 @@ def test_failed_run_error_is_one_line(mf: Modfetch, faulty_server: Serve) -> Non
     assert result.exit_code == 1
     assert_clean_error(result.stderr, "403")
     assert Path(mf.dest / "file.bin.part").exists()
+
+
+def _as_if_killed_mid_install(mf: Modfetch, dest: Path) -> None:
+    """The state a SIGKILL leaves between the final ``os.link`` and the "complete" write: the row still says
+    running (for a dead pid) with the hash recorded, and the ``.part`` is a second link to the installed file."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    conn = sqlite3.connect(mf.state_db)
+    with conn:
+        conn.execute("UPDATE downloads SET status = 'running', pid = ?, finished_at = NULL", (dead.pid,))
+    conn.close()
+    os.link(dest, str(dest) + ".part")
+    Path(str(dest) + ".sha256").unlink()
+
+
+def test_rerun_adopts_a_file_installed_just_before_a_kill(mf: Modfetch, faulty_server: Serve) -> None:
+    server = faulty_server(size=3 * MiB)
+    mf.download_json(server.url, "--chunk-size", "1M")
+    dest = mf.dest / "file.bin"
+    _as_if_killed_mid_install(mf, dest)
+    mark = server.mark()
+    out = mf.download_json(server.url, "--chunk-size", "1M")  # no --sha256: the recorded hash is the proof
+    assert out["sha256"] == server.sha256() and dest.read_bytes() == server.content()
+    assert server.body_bytes(mark) <= 1  # only the probe's byte
+    assert not Path(str(dest) + ".part").exists()
+    assert Path(str(dest) + ".sha256").read_text() == f"{server.sha256()}  file.bin\n"
+    assert mf.rows()[0]["status"] == "complete"
+
+
+def test_rerun_never_adopts_a_file_that_is_not_the_hashed_one(mf: Modfetch, faulty_server: Serve) -> None:
+    server = faulty_server(size=3 * MiB)
+    mf.download_json(server.url, "--chunk-size", "1M")
+    dest = mf.dest / "file.bin"
+    _as_if_killed_mid_install(mf, dest)
+    Path(str(dest) + ".part").unlink()
+    dest.write_bytes(b"somebody else's file")
+    result = mf.download(server.url, "--chunk-size", "1M")
+    assert result.exit_code == 1
+    assert_clean_error(result.stderr, "already exists")
+    assert dest.read_bytes() == b"somebody else's file"

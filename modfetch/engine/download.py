@@ -242,7 +242,8 @@ class Downloader:
         if not dest.exists():
             return None
         known: str | None = expected
-        if known is None and row is not None and row.status in FINISHED_STATUSES and row.sha256:
+        # An unfinished row with a hash was killed after hashing, around the final rename (see _transfer).
+        if known is None and row is not None and row.sha256 and row.status != MISMATCH:
             same_remote = (row.size == info.size and (not row.etag or not info.etag or row.etag == info.etag))
             if same_remote and row.url == redact_url(req.display_url or req.url):
                 known = row.sha256
@@ -251,6 +252,10 @@ class Downloader:
             if actual == known:
                 log.info("%s is already present and verified; nothing to fetch", dest)
                 write_checksum_file(dest, actual)
+                if row is not None and row.status not in FINISHED_STATUSES:
+                    Path(row.part_path).unlink(missing_ok=True)  # a hard link to dest if killed mid-install
+                    db.update_download(row.id, status=COMPLETE, bytes_done=dest.stat().st_size, error=None,
+                                       finished_at=time.time())
                 if row is None:
                     row = db.create_download(redact_url(req.display_url or req.url), str(dest),
                                              resolved_url=redact_url(info.url), size=dest.stat().st_size,
@@ -336,6 +341,9 @@ class Downloader:
                 raise os_error(exc, "cannot flush", part) from None
             os.close(fd)
             fd = -1
+            # Recorded before the rename: a process killed between the rename and the "complete" write below
+            # leaves a row whose hash proves the installed file is this download's, so the rerun adopts it.
+            db.update_download(row.id, sha256=sha256)
             install_file(part, dest, overwrite=req.force or self.config.general.allow_overwrite)
             write_checksum_file(dest, sha256)
             st = dest.stat()

@@ -67,6 +67,7 @@ class Faults:
     head_status: int | None = None         # e.g. 405: HEAD refused
     head_size: int | None = None           # HEAD lies: this Content-Length instead of the real one
     change_after: int | None = None        # after this many GETs (probe included) the content is version 2
+    change_every: int | None = None        # with change_after: a further new version every this many GETs
     # -- faults on data requests
     include_probe: bool = False            # let the faults below hit the bytes=0-0 probe too
     error_status: int | None = None        # e.g. 503, 429, 403, 404
@@ -267,6 +268,8 @@ class FaultyServer:
                 self._gets += 1
             change = self.faults.change_after
             version = 2 if change is not None and method == "GET" and self._gets > change else 1
+            if version == 2 and self.faults.change_every:
+                version += (self._gets - change - 1) // self.faults.change_every  # type: ignore[operator]
             if change is not None and method == "HEAD" and self._gets >= change:
                 version = 2
             record = RequestRecord(index=len(self.requests), method=method, path=path, headers=headers,
