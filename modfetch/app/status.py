@@ -30,6 +30,8 @@ def select_downloads(db: StateDB, selector: str | None, statuses: list[str] | No
         if row is None:
             raise UsageError(f"no download with id {selector}", hint="run 'modfetch status' to list them")
         return [row]
+    if "\x00" in selector:  # no path or URL holds one; expanduser("~\x00") raises ValueError
+        raise UsageError(f"no download matches {selector!r}", hint="use an id, a file path or a URL")
     if "://" in selector:
         matches = [r for r in rows if selector in (r.url, r.resolved_url)]
     else:

@@ -52,7 +52,16 @@ from ..util.filenames import filename_from_url, safe_join, sanitize_filename
 from ..util.http import strong_etag
 from ..util.redact import redact, redact_url
 from .fetch import BLOCK, DiskWriteError, FetchContext, fetch_chunk
-from .files import TargetLock, fsync_dir, install_file, open_part, os_error, preallocate, write_checksum_file
+from .files import (
+    TargetLock,
+    fsync_dir,
+    install_file,
+    is_own_sidecar,
+    open_part,
+    os_error,
+    preallocate,
+    write_checksum_file,
+)
 from .hashing import PrefixHasher, git_blob_sha1, hash_range, sha256_file
 from .http import RemoteChanged, RetryableError, shutdown_response
 from .plan import plan_chunks
@@ -265,6 +274,9 @@ class Downloader:
                 return DownloadResult(row.id, dest, actual, dest.stat().st_size, already_present=True)
         if req.force or self.config.general.allow_overwrite:
             log.info("%s exists and differs; it will be replaced (--force)", dest)
+            return None
+        if is_own_sidecar(dest):  # modfetch's checksum of a sibling, in the way of a real file of that name
+            log.info("%s holds the checksum of a sibling file; the downloaded file replaces it", dest)
             return None
         raise TargetExistsError(f"{dest} already exists with different or unknown content",
                                 hint="pass --sha256 to check it, --force to replace it, or --out another name")

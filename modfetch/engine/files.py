@@ -6,6 +6,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable
@@ -128,6 +129,10 @@ def install_file(part: Path, final: Path, overwrite: bool) -> None:
                 # Fails with EEXIST instead of clobbering a file (or a planted link) that appeared meanwhile.
                 os.link(part, final, follow_symlinks=False)
             except FileExistsError:
+                if is_own_sidecar(final):  # our checksum of a sibling file, written meanwhile: regenerable
+                    os.replace(part, final)
+                    fsync_dir(final.parent)
+                    return
                 raise TargetExistsError(f"{final} appeared while downloading; not overwriting it",
                                         hint="the new bytes are kept in " + str(part)) from None
             except OSError as exc:
@@ -143,9 +148,30 @@ def install_file(part: Path, final: Path, overwrite: bool) -> None:
     fsync_dir(final.parent)
 
 
-def write_checksum_file(final: Path, sha256: str) -> Path:
-    """Write ``<final>.sha256`` in ``sha256sum`` format atomically; returns its path."""
+_SIDECAR = re.compile(rb"[0-9a-f]{64}  ([^\n/]+)\n")
+
+
+def is_own_sidecar(path: Path) -> bool:
+    """True when ``path`` is a regular file holding exactly what ``write_checksum_file`` writes for its sibling
+    (``X.sha256`` = ``<sha256>  X``): regenerable, so a real file of that name may replace it."""
+    if not path.name.endswith(".sha256"):
+        return False
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 512:
+            return False
+        match = _SIDECAR.fullmatch(path.read_bytes())
+    except OSError:
+        return False
+    return match is not None and match.group(1) == path.name[: -len(".sha256")].encode()
+
+
+def write_checksum_file(final: Path, sha256: str) -> Path | None:
+    """Write ``<final>.sha256`` in ``sha256sum`` format atomically; returns its path, or None when a file of
+    that name that is not such a checksum already exists (e.g. a repo's own ``X.sha256``): never clobbered."""
     checksum = final.with_name(final.name + ".sha256")
+    if os.path.lexists(checksum) and not is_own_sidecar(checksum):
+        return None
     # Not named after ``final``: a 240-byte name plus ".sha256.PID.tmp" would pass NAME_MAX (255) and fail
     # after the file was already installed.
     temp = final.with_name(f".modfetch-{os.getpid()}-{secrets.token_hex(6)}.sha256.tmp")

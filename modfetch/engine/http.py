@@ -10,7 +10,7 @@ import requests
 
 from ..errors import AuthError, HTTPStatusError, NotFoundError
 from ..util.http import parse_retry_after
-from ..util.redact import redact_url
+from ..util.redact import redact, redact_url
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
@@ -59,6 +59,10 @@ def request(session: requests.Session, method: str, url: str, *, base_headers: M
             raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None
         except requests.RequestException as exc:
             raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None
+        except ValueError as exc:
+            # requests parses a Location even with allow_redirects=False ("Invalid IPv6 URL"): not transient.
+            raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} {redact_url(url)}: "
+                                  f"{redact(str(exc))}", 502) from None
         if response.status_code in REDIRECT_STATUSES and response.headers.get("Location"):
             next_url = urljoin(url, response.headers["Location"])
             response.close()

@@ -19,9 +19,9 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from ..engine.http import REDIRECT_STATUSES, RETRYABLE_STATUSES, headers_for, host_of
-from ..errors import HTTPStatusError, NetworkError
+from ..errors import HTTPStatusError, NetworkError, UsageError
 from ..util.http import parse_retry_after
-from ..util.redact import redact_url, register_token_env
+from ..util.redact import redact, redact_url, register_token_env
 
 log = logging.getLogger("modfetch.resolvers")
 ATTEMPTS = 3
@@ -39,6 +39,21 @@ def token_from_env(names: Iterable[str]) -> tuple[str | None, str | None]:
     return None, None
 
 
+def redirect_target(base: str, location: str, status: int) -> str:
+    """The absolute http(s) URL a ``Location`` header points to; HTTPStatusError for anything else (an
+    unparsable URL would otherwise surface as an internal ValueError, a ``file:`` URL as a network error)."""
+    try:
+        target = urljoin(base, location.strip())
+        parts = urlsplit(target)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise HTTPStatusError(f"{host_of(base)} sent an invalid redirect (HTTP {status})", status) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise HTTPStatusError(f"{host_of(base)} redirected to an unsupported URL {redact_url(target)!r}",
+                              status)
+    return target
+
+
 def origin(url: str) -> tuple[str, str]:
     """``(scheme, host:port)`` of a URL."""
     return urlsplit(url).scheme.lower(), host_of(url)
@@ -53,6 +68,10 @@ class SourceClient:
         self.endpoint = endpoint.rstrip("/")
         self.auth_host = host_of(self.endpoint)
         self.auth_scheme = urlsplit(self.endpoint).scheme.lower()
+        if token and any(c < " " or c == "\x7f" for c in token):
+            # requests would refuse the header on every attempt and report a network error.
+            raise UsageError(f"the token for {label} contains a control character (a line break?)",
+                             hint="check the token variable; it must be a single line")
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout = (min(10.0, timeout), timeout)
         self.label = label
@@ -70,7 +89,11 @@ class SourceClient:
             response = self._send_once(method, url, accept)
             location = response.headers.get("Location")
             if follow and response.status_code in REDIRECT_STATUSES and location:
-                target = urljoin(url, location)
+                try:
+                    target = redirect_target(url, location, response.status_code)
+                except HTTPStatusError:
+                    response.close()
+                    raise
                 if origin(target) == origin(url):
                     log.debug("%s %s -> %d, following to %s", method, redact_url(url), response.status_code,
                               redact_url(target))
@@ -89,7 +112,7 @@ class SourceClient:
                 return response, None
             try:
                 return response, json.loads(response.content)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting ("[[[[...")
                 raise HTTPStatusError(f"{self.label} sent invalid JSON for {redact_url(url)}",
                                       response.status_code,
                                       hint="check that the configured endpoint is that service") from None
@@ -105,6 +128,10 @@ class SourceClient:
                                                 stream=True, allow_redirects=False)
             except requests.RequestException as exc:
                 last = f"{type(exc).__name__} talking to {host_of(url)}"
+            except ValueError as exc:
+                # requests parses a Location even with allow_redirects=False ("Invalid IPv6 URL"): not transient.
+                raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} "
+                                      f"{redact_url(url)}: {redact(str(exc))}", 502) from None
             else:
                 if response.status_code not in RETRYABLE_STATUSES:
                     log.debug("%s %s -> %d", method, redact_url(url), response.status_code)

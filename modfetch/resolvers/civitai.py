@@ -11,20 +11,21 @@ The engine verifies the bytes against ``hashes.SHA256``.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qsl, quote, urljoin, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import requests
 
 from ..config import Config
 from ..errors import AmbiguousChoiceError, AuthError, Candidate, HTTPStatusError, NotFoundError, UsageError
 from ..util.filenames import sanitize_filename
-from ..util.http import parse_content_disposition_filename
+from ..util.http import MAX_SIZE, parse_content_disposition_filename
 from ..util.redact import redact_url
 from ..util.sizes import human_size
-from .api import SourceClient, token_from_env
+from .api import SourceClient, redirect_target, token_from_env
 from .base import ResolvedFile
 from .uris import CivitaiUri, is_civitai_browser_url, parse_civitai_browser_url, parse_civitai_uri
 
@@ -67,12 +68,11 @@ class CivitaiResolver:
         model, version = _load(client, ref, var)
         model_id = _int(version.get("modelId")) or _int(model.get("id")) or ref.model_id or 0
         version_id = _int(version.get("id")) or ref.version_id or 0
-        chosen = choose_file(version.get("files") or [], ref, model_id, version_id)
+        chosen = choose_file(_list(version.get("files")), ref, model_id, version_id)
         url, name, display, headers = _follow(client, chosen, model_id, version_id, var)
         meta = _dict(chosen.get("metadata"))
         creator = _dict(model.get("creator"))
         sha = str(_dict(chosen.get("hashes")).get("SHA256") or "").lower()
-        size_kb = chosen.get("sizeKB")
         hints = {
             "civitai_type": model.get("type"), "base_model": version.get("baseModel"),
             "creator": creator.get("username"), "model_name": model.get("name"), "model_id": model_id,
@@ -85,13 +85,27 @@ class CivitaiResolver:
         return [ResolvedFile(
             url=url, filename=name, display_url=display, headers=headers,
             auth_host=client.auth_host if headers else None,
-            size=round(size_kb * 1024) if isinstance(size_kb, (int, float)) and size_kb > 0 else None,
+            size=_size_bytes(chosen.get("sizeKB")),
             sha256=sha if _SHA256.match(sha) else None, source="civitai",
             hints={k: v for k, v in hints.items() if v is not None})]
 
 
 def _dict(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _size_bytes(size_kb: Any) -> int | None:
+    """``sizeKB`` in bytes; None unless a positive finite number of sane size (JSON allows Infinity, NaN, 1e308,
+    which ``round()`` turns into OverflowError / ValueError)."""
+    if isinstance(size_kb, bool) or not isinstance(size_kb, (int, float)):
+        return None
+    if not math.isfinite(size_kb) or not 0 < size_kb < MAX_SIZE / 1024:
+        return None
+    return round(size_kb * 1024)
 
 
 def _int(value: Any) -> int | None:
@@ -134,7 +148,7 @@ def _load(client: SourceClient, ref: CivitaiUri,
     response, model = client.get_json(client.url(f"/api/v1/models/{ref.model_id}"))
     if response.status_code >= 400 or not isinstance(model, dict):
         raise _api_error(response, f"model {ref.model_id}", var)
-    versions = [v for v in model.get("modelVersions") or [] if isinstance(v, dict)]
+    versions = [v for v in _list(model.get("modelVersions")) if isinstance(v, dict)]
     if not versions:
         raise NotFoundError(f"CivitAI model {ref.model_id} has no published versions", 404)
     return model, versions[0]
@@ -159,7 +173,7 @@ def _prefer_safetensor(pool: list[File]) -> list[File]:
 
 def _candidate(f: File, model_id: int, version_id: int) -> Candidate:
     name = str(f.get("name") or "?")
-    size = round(f["sizeKB"] * 1024) if isinstance(f.get("sizeKB"), (int, float)) else None
+    size = _size_bytes(f.get("sizeKB"))
     details = ", ".join(x for x in (_meta(f, "type"), _meta(f, "format"), _meta(f, "fp"),
                                     human_size(size) if size else "") if x)
     uri = f"civitai://model/{model_id}?version={version_id}&file={quote(name)}"
@@ -243,9 +257,13 @@ def _follow(client: SourceClient, f: File, model_id: int, version_id: int,
     disposition = parse_content_disposition_filename(response.headers.get("Content-Disposition"))
     location = response.headers.get("Location")
     if 300 <= response.status_code < 400 and location:
-        target = urljoin(final, location)
+        target = redirect_target(final, location, response.status_code)
         name = disposition or _name_from_location(target) or api_name
         return target, sanitize_filename(name or f"civitai-{version_id}.bin"), display, {}
+    if response.status_code == 200 and response.headers.get("Content-Type", "").lower().startswith("text/html"):
+        # No model file is a web page: this is a login / captcha / error page served with 200.
+        raise HTTPStatusError(f"CivitAI answered with a web page instead of {label}", 200,
+                              hint=_auth_hint(var) if var is None else "open the model page in a browser to see why")
     if response.status_code == 200:
         name = disposition or api_name
         return final, sanitize_filename(name or f"civitai-{version_id}.bin"), display, dict(client.auth)

@@ -31,7 +31,7 @@ from ..config import Config
 from ..errors import AmbiguousChoiceError, AuthError, Candidate, HTTPStatusError, NotFoundError, UsageError
 from ..util.http import etag_value, header_int
 from ..util.redact import redact_url
-from .api import SourceClient, token_from_env
+from .api import SourceClient, redirect_target, token_from_env
 from .base import ResolvedFile
 from .uris import HfUri, is_hf_browser_url, parse_hf_browser_url, parse_hf_uri
 
@@ -207,15 +207,16 @@ class _Hub:
                                  "commit": commit, "path_in_repo": path}
         location = headers.get("Location")
         if 300 <= response.status_code < 400 and location:
+            target = redirect_target(final, location, response.status_code)
             linked = etag_value(headers.get("X-Linked-Etag"))
             sha256 = linked.lower() if linked and _SHA256.match(linked.lower()) else None
             etag = linked or etag_value(headers.get("ETag"))
             size = _int(headers.get("X-Linked-Size"))
             hints.update(etag=etag, lfs=sha256 is not None)
             log.debug("hf: %s is an LFS file (%s bytes, sha256 %s) served from %s", path, size, sha256,
-                      urlsplit(urljoin(final, location)).netloc)
+                      urlsplit(target).netloc)
             # The CDN URL is signed: it needs and gets no auth header.
-            return ResolvedFile(url=urljoin(final, location), filename=posixpath.basename(path),
+            return ResolvedFile(url=target, filename=posixpath.basename(path),
                                 display_url=display, size=size, sha256=sha256, source="huggingface",
                                 hints=hints)
         if response.status_code != 200:
@@ -253,9 +254,13 @@ class _Hub:
         suffix = f"/{quote(folder)}" if folder else ""
         url: str | None = self.client.url(f"/api/{self.kind}/{repo_id}/tree/{commit}{suffix}?recursive=true")
         entries: list[Mapping[str, Any]] = []
-        pages = 0
-        while url and pages < MAX_PAGES:
-            pages += 1
+        seen: set[str] = set()
+        while url:
+            # A "next" link that points back to a page already read would loop for ever (and repeat entries).
+            if url in seen or len(seen) >= MAX_PAGES:
+                raise HTTPStatusError(f"the Hub's file listing for {repo_id} does not end (its page links loop)",
+                                      200)
+            seen.add(url)
             response, data = self.client.get_json(url)
             if response.status_code >= 400:
                 raise hub_error(response, repo_id=repo_id, page=self.page(repo_id), token_var=self.token_var,
@@ -271,8 +276,7 @@ class _Hub:
     def list_files(self, repo_id: str, revision: str, folder: str, include: tuple[str, ...],
                    exclude: tuple[str, ...]) -> list[ResolvedFile]:
         commit = self.commit_of(repo_id, revision)
-        files = [e for e in self.tree(repo_id, commit, revision, folder) if e.get("type") == "file"
-                 and isinstance(e.get("path"), str)]
+        files = _unique_files(self.tree(repo_id, commit, revision, folder), repo_id)
         if include:
             files = [e for e in files if _match(e["path"], include)]
         if exclude:
@@ -304,6 +308,22 @@ class _Hub:
                 source="huggingface", hints=hints))
         log.info("hf: %s@%s (%s): %d file(s)", repo_id, revision, commit[:12], len(out))
         return out
+
+
+def _unique_files(entries: list[Mapping[str, Any]], repo_id: str) -> list[Mapping[str, Any]]:
+    """The listing's file entries, each path once: a path the Hub could not have (empty, absolute, ``.``/``..``
+    parts) is skipped, and a repeated one would otherwise be downloaded twice to the same target at once."""
+    unique: dict[str, Mapping[str, Any]] = {}
+    for entry in entries:
+        path = entry.get("path")
+        if entry.get("type") != "file" or not isinstance(path, str):
+            continue
+        parts = path.split("/")
+        if any(p in ("", ".", "..") for p in parts) or "\x00" in path:
+            log.warning("hf: skipping the listed path %r of %s: not a plain relative path", path, repo_id)
+            continue
+        unique.setdefault(path, entry)
+    return list(unique.values())
 
 
 def _int(value: str | None) -> int | None:
