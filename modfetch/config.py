@@ -9,10 +9,12 @@ environment variables the ``sources`` section names.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,10 +26,18 @@ from .paths import default_config_file, default_data_root, expand_path
 # Keys whose values would be secrets: refused anywhere in the file (``token_env`` names a variable: fine).
 _SECRET_KEY = re.compile(r"(^|_)(token|password|passwd|secret|api_?key|apikey|auth|credentials?)$", re.I)
 _PATH = {"path": True}
+# Characters an HTTP header value cannot carry (http.client sends latin-1 and refuses CR/LF/NUL).
+_HEADER_UNSAFE = re.compile(r"[^\t\x20-\x7e\xa0-\xff]")
 
 
 def _path_field(default: str) -> Any:
     return field(default=default, metadata=_PATH)
+
+
+def _bounded(default: float, low: float, high: float) -> Any:
+    """A number field with an inclusive range: absurd values (a billion connections, an infinite timeout)
+    would otherwise hang or crash deep inside the engine instead of failing here, naming the key."""
+    return field(default=default, metadata={"range": (low, high)})
 
 
 @dataclass(frozen=True)
@@ -43,19 +53,19 @@ class GeneralConfig:
 class NetworkConfig:
     """HTTP behaviour: read timeout (also the stall limit) and the User-Agent."""
 
-    timeout_seconds: float = 30.0
-    user_agent: str = f"modfetch/{__version__}"
+    timeout_seconds: float = _bounded(30.0, 0.001, 86400.0)
+    user_agent: str = field(default=f"modfetch/{__version__}", metadata={"header": True})
 
 
 @dataclass(frozen=True)
 class ConcurrencyConfig:
     """Parallelism and retry policy for chunked downloads."""
 
-    per_file_chunks: int = 8
+    per_file_chunks: int = _bounded(8, 1, 64)  # the same range as --concurrency
     chunk_size_mb: int = 16
     max_retries: int = 8
-    backoff_min_ms: int = 250
-    backoff_max_ms: int = 30000
+    backoff_min_ms: int = _bounded(250, 0, 3_600_000)  # at most an hour between retries
+    backoff_max_ms: int = _bounded(30000, 0, 3_600_000)
     batch_parallel_files: int = 2
 
 
@@ -177,7 +187,7 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(tp: Any, value: Any, where: str, is_path: bool) -> Any:
+def _convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return _build(tp, value, where)
@@ -189,12 +199,12 @@ def _convert(tp: Any, value: Any, where: str, is_path: bool) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: must be a list, got {type(value).__name__}")
         (item_tp,) = typing.get_args(tp)
-        return [_convert(item_tp, item, f"{where}[{i}]", False) for i, item in enumerate(value)]
+        return [_convert(item_tp, item, f"{where}[{i}]", {}) for i, item in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: must be a mapping, got {type(value).__name__}")
         _key_tp, val_tp = typing.get_args(tp)
-        return {str(k): _convert(val_tp, v, f"{where}.{k}", False) for k, v in value.items()}
+        return {str(k): _convert(val_tp, v, f"{where}.{k}", {}) for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         raise TypeError("unions are not supported in config fields")
     if tp is bool:
@@ -206,19 +216,31 @@ def _convert(tp: Any, value: Any, where: str, is_path: bool) -> Any:
             raise ConfigError(f"{where}: must be a whole number, got {value!r}")
         if value < 0:
             raise ConfigError(f"{where}: must not be negative, got {value}")
-        return value
+        return _in_range(value, where, meta)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: must be a number, got {value!r}")
-        if value <= 0:
-            raise ConfigError(f"{where}: must be positive, got {value}")
-        return float(value)
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{where}: must be a positive finite number, got {value}")
+        return float(_in_range(value, where, meta))
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where}: must be a string, got {value!r}")
         text = str(value)
-        return str(expand_path(text)) if is_path and text else text
+        if "\x00" in text:  # no path, variable name or header can hold NUL (the OS raises ValueError)
+            raise ConfigError(f"{where}: must not contain a NUL character")
+        if meta.get("header") and _HEADER_UNSAFE.search(text):
+            raise ConfigError(f"{where}: must be printable Latin-1 text on one line (it is sent as an HTTP "
+                              f"header), got {text!r}")
+        return str(expand_path(text)) if meta.get("path") and text else text
     raise TypeError(f"unsupported config field type {tp!r}")
+
+
+def _in_range(value: float, where: str, meta: Mapping[str, Any]) -> float:
+    bounds = meta.get("range")
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        raise ConfigError(f"{where}: must be between {bounds[0]} and {bounds[1]}, got {value}")
+    return value
 
 
 def _build(cls: type[Any], data: Any, where: str) -> Any:
@@ -256,7 +278,7 @@ def _build(cls: type[Any], data: Any, where: str) -> Any:
             built = _build(hints[key], value, key_where)
             kwargs[key] = dataclasses.replace(built, **merged) if merged else built
             continue
-        kwargs[key] = _convert(hints[key], value, key_where, bool(f.metadata.get("path")))
+        kwargs[key] = _convert(hints[key], value, key_where, f.metadata)
     return cls(**kwargs)
 
 

@@ -289,7 +289,12 @@ class StateDB:
     @staticmethod
     def _download(row: sqlite3.Row) -> DownloadRow:
         data = dict(row)
-        data["meta"] = json.loads(data.get("meta") or "{}")
+        try:
+            meta = json.loads(data.get("meta") or "{}")
+        except (ValueError, TypeError):
+            meta = None
+        # Hints only: a damaged or hand-edited value must not make every command that lists downloads fail.
+        data["meta"] = meta if isinstance(meta, dict) else {}
         return DownloadRow(**data)
 
     def create_download(self, url: str, dest_path: str, **fields: Any) -> DownloadRow:

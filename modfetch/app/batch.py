@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import yaml
 
 from ..artifacts import TYPES
 from ..config import Config
-from ..engine.download import DownloadResult
+from ..engine.download import POLLING, STOP, DownloadResult, Interrupted, request_stop
 from ..errors import ModfetchError, UsageError
 from ..metrics import checkpoint_writer
 from ..paths import expand_path
@@ -103,7 +104,25 @@ def parse_batch(text: str, source: str) -> list[BatchJob]:
     raw_jobs = data["jobs"]
     if not isinstance(raw_jobs, list) or not raw_jobs:
         raise _fail(source, "jobs", "must be a non-empty list")
-    return [_parse_job(source, i, raw) for i, raw in enumerate(raw_jobs)]
+    jobs = [_parse_job(source, i, raw) for i, raw in enumerate(raw_jobs)]
+    _check_duplicates(source, jobs)
+    return jobs
+
+
+def _check_duplicates(source: str, jobs: list[BatchJob]) -> None:
+    """Two jobs that would write the same file would race for it (one fails on the lock, or the later one
+    finds "a different file" there): refuse them before anything downloads."""
+    seen: dict[tuple[str, Path | None, str | None], int] = {}
+    named: dict[tuple[Path | None, str], int] = {}
+    for job in jobs:
+        first = seen.setdefault((job.uri, job.dest, job.name), job.index)
+        if first != job.index:
+            raise _fail(source, f"jobs[{job.index}]", f"the same download as jobs[{first}] (same uri, dest, name)")
+        if job.name is not None:
+            first = named.setdefault((job.dest, job.name), job.index)
+            if first != job.index:
+                raise _fail(source, f"jobs[{job.index}].name",
+                            f"jobs[{first}] already writes {job.name!r} to the same dest")
 
 
 def _parse_job(source: str, index: int, raw: Any) -> BatchJob:
@@ -191,4 +210,30 @@ def run_batch(config: Config, jobs: list[BatchJob], progress: Callable[[], Progr
     parallel = max(1, config.concurrency.batch_parallel_files)
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="batch") as pool:
         futures = [pool.submit(run, job, do) for job, do in zip(jobs, wants_place, strict=True)]
+        _wait_or_stop(futures)
         return BatchSummary([f.result() for f in futures])
+
+
+def _wait_or_stop(futures: list[concurrent.futures.Future[JobOutcome]]) -> None:
+    """Wait for the jobs; on Ctrl-C/SIGTERM stop them all (they checkpoint) and raise Interrupted.
+
+    The jobs' coordinators run in pool threads, so nothing would stop them: a KeyboardInterrupt raised here
+    would only make the pool's shutdown wait for every job to finish.  While we poll, the CLI's signal
+    handler sets STOP instead of raising (see modfetch.engine.download.POLLING)."""
+    polling = threading.current_thread() is threading.main_thread()
+    if polling:
+        POLLING.set()
+    try:
+        while concurrent.futures.wait(futures, timeout=0.25).not_done:
+            if STOP.is_set():
+                break
+    except BaseException:
+        request_stop()  # a signal that still arrived as KeyboardInterrupt (before POLLING was set)
+    finally:
+        if polling:
+            POLLING.clear()
+    if STOP.is_set():
+        for future in futures:
+            future.cancel()  # jobs not started yet never start
+        concurrent.futures.wait(futures)
+        raise Interrupted()

@@ -165,7 +165,10 @@ def _place_one(source: linker.SourceFile, target: PlannedTarget, app: AppSpec, m
                              f"{app.preset.name} folder {app.base} does not exist; "
                              f"set placement.apps.{app.name}.base to where it is installed")
     if options.dry_run:
-        state = "n/a" if kind in (HF_CACHE, OLLAMA) else linker.inspect_target(target.target, source)
+        try:
+            state = "n/a" if kind in (HF_CACHE, OLLAMA) else linker.inspect_target(target.target, source)
+        except OSError as exc:  # e.g. a file where the app's folder should be: this target only
+            return TargetOutcome(app.name, target.target, FAILED, shown_mode, _os_message(exc), command)
         note = {"same": "already in place", "different": "a different file is there (needs --force)",
                 "dangling": "dangling link would be repaired",
                 "directory": "a directory is there"}.get(state, "")
@@ -181,6 +184,8 @@ def _place_one(source: linker.SourceFile, target: PlannedTarget, app: AppSpec, m
     except ModfetchError as exc:
         message = exc.message + (f" ({exc.hint})" if exc.hint else "")
         return TargetOutcome(app.name, target.target, FAILED, shown_mode, message, command)
+    except OSError as exc:  # ENOTDIR, ELOOP, EACCES... fail this target; the other apps are still placed
+        return TargetOutcome(app.name, target.target, FAILED, shown_mode, _os_message(exc), command)
     outcome = TargetOutcome(app.name, target.target, result.action, result.mode, result.message, command)
     if command is not None:
         if options.ollama_create:
@@ -193,6 +198,10 @@ def _place_one(source: linker.SourceFile, target: PlannedTarget, app: AppSpec, m
     if result.message:
         log.info("%s: %s", target.target, result.message)
     return outcome
+
+
+def _os_message(exc: OSError) -> str:
+    return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
 
 
 def _record(config: Config, report: PlaceReport, download_id: int | None, artifact_type: str) -> None:

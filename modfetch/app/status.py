@@ -26,7 +26,8 @@ def select_downloads(db: StateDB, selector: str | None, statuses: list[str] | No
     if selector is None:
         return rows
     if selector.isascii() and selector.isdigit():  # str.isdigit() alone accepts '²', which int() rejects
-        row = db.get_download(int(selector))
+        # Ids are SQLite integers: a longer number is no id (and would overflow the query).
+        row = db.get_download(int(selector)) if int(selector) < 2**63 else None
         if row is None:
             raise UsageError(f"no download with id {selector}", hint="run 'modfetch status' to list them")
         return [row]
@@ -74,6 +75,10 @@ def verify_rows(db: StateDB, rows: list[DownloadRow]) -> list[VerifyOutcome]:
             db.update_download(row.id, status=MISMATCH, error="file is missing")
             outcomes.append(VerifyOutcome(row, False, None, "file is missing"))
             continue
+        if not path.is_file():  # a directory or FIFO put in its place: reading a FIFO would block forever
+            db.update_download(row.id, status=MISMATCH, error="not a regular file")
+            outcomes.append(VerifyOutcome(row, False, None, "not a regular file"))
+            continue
         try:
             actual = sha256_file(path)
         except OSError as exc:
@@ -102,14 +107,29 @@ def verify_paths(db: StateDB, paths: list[str]) -> list[VerifyOutcome]:
         checksum = path.with_name(path.name + ".sha256")
         if not path.exists():
             raise UsageError(f"no such file: {path}")
+        if not path.is_file():
+            raise UsageError(f"not a regular file: {path}")
         if not checksum.exists():
             raise UsageError(f"{path} is not a known download and has no {checksum.name}")
-        recorded = checksum.read_text(encoding="utf-8").split()[0].lower()
+        recorded = _sidecar_hash(checksum)
         actual = sha256_file(path)
         fake = DownloadRow(id=0, url="", dest_path=str(path), status=COMPLETE, sha256=recorded)
         ok = actual == recorded
         outcomes.append(VerifyOutcome(fake, ok, actual, "ok" if ok else "MISMATCH"))
     return outcomes
+
+
+def _sidecar_hash(checksum: Path) -> str:
+    """The SHA-256 in a ``sha256sum``-style file (``HEX  name``); UsageError when it holds none."""
+    try:
+        words = checksum.read_bytes()[:4096].decode("utf-8", "replace").split()
+    except OSError as exc:
+        raise UsageError(f"cannot read {checksum}: {exc.strerror or exc}") from None
+    recorded = words[0].lower() if words else ""
+    if len(recorded) != 64 or any(c not in "0123456789abcdef" for c in recorded):
+        raise UsageError(f"{checksum} does not start with a SHA-256 (64 hex digits)",
+                         hint="its format is that of sha256sum: HEX  NAME")
+    return recorded
 
 
 __all__ = ["VERIFIED", "VerifyOutcome", "open_db", "progress_of", "select_downloads", "verify_paths", "verify_rows"]

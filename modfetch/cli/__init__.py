@@ -6,22 +6,28 @@ options, call an ``modfetch.app`` service and render the result.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
 from .. import __version__
-from ..errors import ModfetchError, exit_code
+from ..errors import ModfetchError, StateError, UsageError, exit_code
 from ..util.redact import redact
 from .context import CliState, global_options, pass_state
 
 log = logging.getLogger("modfetch")
+# Click >= 8.2 raises this for a bare group invocation (it prints the help); older Clicks print help themselves.
+_NO_ARGS_IS_HELP: type[click.ClickException] = getattr(
+    click.exceptions, "NoArgsIsHelpError", type("_NeverRaised", (click.ClickException,), {}))
 
 
 # Subcommands are imported only when used, so `modfetch --version` and `status` stay fast (no requests import).
@@ -53,6 +59,33 @@ class ModfetchGroup(click.Group):
         command: click.Command = module.command
         return command
 
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        """Click's own errors (bad option values, unknown commands) and a failing stdout end like every other
+        error: one ``modfetch: error:`` line (JSON with --json) and exit 2 / 1, never Click's usage block or a
+        traceback."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Abort:  # Ctrl-C while Click itself was parsing or prompting
+            click.echo("modfetch: interrupted", err=True)
+            sys.exit(130)
+        except _NO_ARGS_IS_HELP as error:  # bare `modfetch`: the help text is the answer, not an error line
+            error.show()
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            ctx = getattr(error, "ctx", None)
+            hint = f"see '{ctx.command_path} --help'" if ctx is not None else "see 'modfetch --help'"
+            _report(ctx, UsageError(error.format_message(), hint=hint))
+            sys.exit(error.exit_code)
+        except OSError as error:  # stdout failed while Click wrote (--version > /dev/full)
+            _report(None, _os_error(error))
+            _silence_stdout()
+            sys.exit(141 if error.errno == errno.EPIPE else 1)
+        _flush_stdout()
+        sys.exit(code if isinstance(code, int) else 0)  # non-standalone Click returns ctx.exit()'s code
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -60,20 +93,36 @@ class ModfetchGroup(click.Group):
             _report(ctx, error)
             ctx.exit(exit_code(error))
         except KeyboardInterrupt:
-            from ..engine.download import request_stop
+            # No import here: a signal during a lazy import leaves half-initialised modules behind, and an
+            # engine that was never imported has no download to stop.
+            stop = getattr(sys.modules.get("modfetch.engine.download"), "request_stop", None)
+            if stop is not None:
+                stop()
+            message = "interrupted; state saved, rerun the same command to resume"
+            state = ctx.find_object(CliState)
+            if state is not None and state.json_output:  # --json: every stderr line is a JSON object
+                import json
 
-            request_stop()
-            click.echo("modfetch: interrupted; state saved, rerun the same command to resume", err=True)
+                click.echo(json.dumps({"level": "error", "msg": message, "hint": None, "exit_code": 130}), err=True)
+            else:
+                click.echo(f"modfetch: {message}", err=True)
             ctx.exit(130)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except BrokenPipeError:
             # `modfetch status | head`: the reader left; exit quietly like other Unix tools.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
+            _silence_stdout()
             ctx.exit(141)
         except OSError as error:
-            _report(ctx, ModfetchError(f"{error.strerror or error}: {error.filename or ''}".rstrip(": ")))
+            _report(ctx, _os_error(error))
+            _flush_stdout(report=False)  # keep results already printed; stdout may be what failed (> /dev/full)
+            ctx.exit(1)
+        except sqlite3.DatabaseError as error:  # opened fine, then a query met missing tables or bad pages
+            state = ctx.find_object(CliState)
+            where = str(state._config.state_db) if state is not None and state._config is not None else ""
+            _report(ctx, StateError(f"state database {where} is damaged: {error}".replace("  ", " "),
+                                    hint="move state.db aside (keeping a copy) and rerun; files on disk are "
+                                    "kept and re-verified"))
             ctx.exit(1)
         except Exception as error:  # last line of defence: a bug, still no traceback unless debugging
             _report(ctx, ModfetchError(f"internal error: {type(error).__name__}: {error}",
@@ -81,8 +130,37 @@ class ModfetchGroup(click.Group):
             ctx.exit(1)
 
 
-def _report(ctx: click.Context, error: ModfetchError) -> None:
-    state = ctx.find_object(CliState)
+def _os_error(error: OSError) -> ModfetchError:
+    return ModfetchError(f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush of a broken stdout stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _flush_stdout(report: bool = True) -> None:
+    """Flush now, so a full or closed stdout is reported as an error instead of ignored at exit."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        if report:
+            sys.exit(141)
+    except OSError as error:
+        _silence_stdout()
+        if report:
+            _report(None, _os_error(error))
+            sys.exit(1)
+
+
+def _report(ctx: click.Context | None, error: ModfetchError) -> None:
+    state = ctx.find_object(CliState) if ctx is not None else None
     debug = state is not None and state.log_level == "debug"
     if debug:
         log.debug("traceback", exc_info=error)
@@ -124,8 +202,10 @@ def _terminate(signum: int, _frame: object) -> None:
         return
     _STOPPING.set()
     engine = sys.modules.get("modfetch.engine.download")
-    if engine is not None and engine.POLLING.is_set():
-        engine.request_stop()
+    # Either is None while that module is still being imported (a signal right at start-up).
+    polling, stop = getattr(engine, "POLLING", None), getattr(engine, "request_stop", None)
+    if polling is not None and polling.is_set() and stop is not None:
+        stop()
         return
     raise KeyboardInterrupt
 

@@ -65,7 +65,8 @@ def global_options(func: F) -> F:
                      help="Config file (default: $MODFETCH_CONFIG, else $XDG_CONFIG_HOME/modfetch/config.yml)."),
         click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), expose_value=False,
                      callback=_store("log_level"), help="Log verbosity (default from config: info)."),
-        click.option("--json", "json_output", is_flag=True, default=False, expose_value=False,
+        # Eager, so a bad value of another option is already reported as JSON.
+        click.option("--json", "json_output", is_flag=True, default=False, expose_value=False, is_eager=True,
                      callback=_store("json_output"), help="JSON-lines logs on stderr; JSON output for status."),
         click.option("--quiet", "-q", is_flag=True, default=False, expose_value=False, callback=_store("quiet"),
                      help="No progress bars (errors are still printed)."),

@@ -50,7 +50,7 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
                              hint="add them as jobs to the batch file")
         return run_batch_cli(state, batch_file, place=place, artifact_type=artifact_type,
                              force=force, concurrency=concurrency,
-                             chunk_size=parse_size(chunk_size) if chunk_size else None)
+                             chunk_size=parse_size(chunk_size) if chunk_size is not None else None)
     if not targets:
         raise UsageError("nothing to download", hint="pass a URL: modfetch download --url https://host/file")
     config = state.config
@@ -60,7 +60,7 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
         sha256=validate_sha256(sha256),
         force=force,
         concurrency=concurrency,
-        chunk_size=parse_size(chunk_size) if chunk_size else None,
+        chunk_size=parse_size(chunk_size) if chunk_size is not None else None,
         artifact_type=artifact_type,
     )
     if out and len(targets) > 1:

@@ -57,8 +57,11 @@ def safe_join(root: Path, *relative: str) -> Path:
     """``root / relative`` that is guaranteed to stay inside ``root`` (raises UsageError otherwise)."""
     root = root.absolute()
     target = root.joinpath(*[sanitize_relpath(r) for r in relative if r]).absolute()
-    resolved_root = root.resolve()
-    resolved_parent = target.parent.resolve()
+    try:
+        resolved_root = root.resolve()
+        resolved_parent = target.parent.resolve()
+    except (RuntimeError, OSError) as exc:  # Python < 3.13 raises RuntimeError for a symlink loop
+        raise UsageError(f"cannot use {root}: {getattr(exc, 'strerror', None) or exc}") from None
     if resolved_parent != resolved_root and resolved_root not in resolved_parent.parents:
         raise UsageError(f"refusing to write outside {root}: {target}")
     return target

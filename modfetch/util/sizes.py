@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from ..errors import UsageError
+
+MAX_SIZE = 1 << 40  # no chunk is ever larger than this; bigger numbers are typos
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
           "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
@@ -16,7 +19,10 @@ def parse_size(text: str) -> int:
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
         raise UsageError(f"invalid size {text!r}", hint="use a number with an optional unit, e.g. 16M or 1GiB")
-    value = int(float(match.group(1)) * _UNITS[unit])
+    number = float(match.group(1))
+    if not math.isfinite(number) or number * _UNITS[unit] > MAX_SIZE:  # "1" + 400 zeros is inf as a float
+        raise UsageError(f"size too large: {text!r}", hint="at most 1 TiB")
+    value = int(number * _UNITS[unit])
     if value <= 0:
         raise UsageError(f"size must be positive: {text!r}")
     return value

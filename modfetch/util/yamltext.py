@@ -3,6 +3,7 @@
 PyYAML's safe loader raises more than YAMLError on hostile input: ValueError for impossible dates
 (``2001-13-01``) or bad ``!!int``/``!!float`` values, AttributeError for a malformed ``!!timestamp``,
 RecursionError for deeply nested flow collections.  Callers catch one exception type and report one line.
+A key given twice in one mapping is an error too: PyYAML would silently keep the last value.
 """
 
 from __future__ import annotations
@@ -12,10 +13,31 @@ from typing import Any
 import yaml
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses duplicate keys (``uri:`` twice in a job must not silently pick one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges are not duplicates
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # unhashable keys: the base constructor reports them
+            if duplicate:
+                label = key if isinstance(key, str) and key.isprintable() else repr(key)
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {label!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(text: str) -> Any:
-    """``yaml.safe_load(text)``; anything that goes wrong is re-raised as a MarkedYAMLError with a problem text."""
+    """``yaml.safe_load(text)`` minus duplicate keys; anything that goes wrong is a MarkedYAMLError."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError:
         raise
     except RecursionError:
