@@ -424,6 +424,10 @@ def test_dest_under_a_file_and_out_with_traversal(raw_server, cli, tmp_path) -> 
     server = raw_server(lambda req, conn, srv: serve_file(req, conn))
     (tmp_path / "afile").write_text("x")
     assert "Not a directory" in assert_clean_error(cli(server.url(), dest_dir=tmp_path / "afile" / "sub"))
-    run = cli(server.url(), "--out", "../../escape.bin")
-    assert_ok(run, "escape.bin", DATA)
+    requests_before = len(server.requests)
+    for out in ("../../escape.bin", "sub/x.bin", "", "..", ".hidden", "a\x01b"):
+        line = assert_clean_error(run := cli(server.url(), "--out", out))
+        assert "--out must be a plain file name" in line and run.code == 2
+        assert not run.dest.exists() or not any(run.dest.iterdir())
+    assert len(server.requests) == requests_before  # refused before any request
     assert not (tmp_path / "escape.bin").exists()

@@ -137,7 +137,7 @@ def test_content_disposition_names_are_sanitised(mf: Modfetch, faulty_server: Se
 def test_url_name_is_used_and_out_overrides_everything(mf: Modfetch, faulty_server: Serve) -> None:
     server = faulty_server(size=MiB, path="/models/v1/tiny%20model.gguf",
                            disposition='attachment; filename="server.bin"')
-    out = mf.download_json(server.url, "--out", "../mine.gguf")
+    out = mf.download_json(server.url, "--out", "mine.gguf")
     assert Path(out["path"]) == mf.dest / "mine.gguf"
     plain = faulty_server(size=MiB, path="/models/v1/tiny%20model.gguf", seed=5)
     out = mf.download_json(plain.url)

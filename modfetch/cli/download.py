@@ -9,6 +9,7 @@ from ..artifacts import TYPES
 from ..errors import UsageError
 from ..metrics import checkpoint_writer
 from ..paths import expand_path
+from ..util.filenames import check_plain_filename
 from ..util.sizes import parse_size
 from .context import CliState, global_options, pass_state
 from .progress import progress_factory
@@ -63,6 +64,8 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
         chunk_size=parse_size(chunk_size) if chunk_size is not None else None,
         artifact_type=artifact_type,
     )
+    if out is not None:
+        check_plain_filename(out, "--out")
     if out and len(targets) > 1:
         raise UsageError("--out names one file, but several URLs were given")
     factory = progress_factory(state.quiet, state.json_output)

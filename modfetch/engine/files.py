@@ -50,6 +50,9 @@ class TargetLock:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
+            if holder == str(os.getpid()):  # flock is per open file: a second job of this very run
+                raise LockedError(f"this run already downloads {self.target} for another job or URL",
+                                  hint="two sources resolve to the same file; give one another name") from None
             raise LockedError(f"another modfetch process (pid {holder}) is already downloading {self.target}",
                               hint="wait for it to finish; rerunning afterwards is safe") from None
         os.ftruncate(fd, 0)

@@ -36,6 +36,20 @@ def sanitize_filename(name: str | None, fallback: str = FALLBACK_NAME) -> str:
     return name
 
 
+def check_plain_filename(name: str, what: str) -> str:
+    """``name`` unchanged if it is already one safe path component; UsageError naming ``what`` otherwise.
+
+    Used for names the user typed (``--out``, a batch job's ``name``): silently saving somewhere other
+    than asked would surprise, so the error suggests the safe spelling instead."""
+    safe = sanitize_filename(name, fallback="")
+    if not name or safe != name:
+        hint = f"e.g. {safe!r}; use --dest or a job's dest for the folder" if safe else \
+            "use --dest or a job's dest for the folder"
+        raise UsageError(f"{what} must be a plain file name (no '/', ':', control characters or leading "
+                         f"dots), got {name!r}", hint=hint)
+    return name
+
+
 def sanitize_relpath(path: str) -> str:
     """A safe relative sub-path (``a/b/c``) with each component sanitised and ``..``/absolute parts dropped."""
     parts = [p for p in re.split(r"[/\\]+", path) if p not in {"", ".", ".."}]
