@@ -132,7 +132,10 @@ def write_textfile(state_db: Path, path: Path) -> str:
     """Collect from ``state_db`` and write ``path`` under an exclusive lock; returns the text written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.parent / f".{path.name}.lock"
-    with open(lock_path, "a+b") as lock:
+    # O_NOFOLLOW: the lock name is predictable, and a link planted there (the textfile directory is often
+    # shared with node_exporter's group) must not make modfetch create or open a file elsewhere.
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "r+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             if state_db.exists():

@@ -17,7 +17,8 @@ from typing import Any
 from ..artifacts import Detection, detect
 from ..config import Config
 from ..engine.download import DownloadResult
-from ..errors import ModfetchError, UsageError
+from ..engine.hashing import sha256_file
+from ..errors import IntegrityError, ModfetchError, UsageError
 from ..paths import expand_path
 from ..placement import hf_cache, linker, ollama
 from ..placement.planner import AppSpec, PlannedTarget, plan, validate_mapping
@@ -136,10 +137,17 @@ def place_paths(config: Config, paths: Sequence[Path], options: PlaceOptions) ->
     """Place files already on disk; a file modfetch downloaded reuses its recorded hints and hash."""
     apps = configured_apps(config, options.apps)
     reports = []
-    with open_state(config.state_db) as db:
-        known = [_lookup(db, path) for path in paths]
-    for path, row in zip(paths, known, strict=True):
-        sha = row.sha256 if row is not None and _stat_matches(row) else None
+    if options.dry_run:  # read-only: a dry run must not even create the state DB
+        known: list[DownloadRow | None] = [None] * len(paths)
+        if config.state_db.exists():
+            with open_state(config.state_db, readonly=True) as db:
+                known = [_lookup(db, path) for path in paths]
+    else:
+        with open_state(config.state_db) as db:
+            known = [_lookup(db, path) for path in paths]
+    # Check every file first, so a changed download stops the run before anything is placed.
+    hashes = [_checked_sha256(path, row) for path, row in zip(paths, known, strict=True)]
+    for path, row, sha in zip(paths, known, hashes, strict=True):
         reports.append(place_file(config, path, options, hints=_row_hints(row), sha256=sha,
                                   download_id=row.id if row else None, apps=apps))
     return reports
@@ -228,6 +236,27 @@ def _lookup(db: StateDB, path: Path) -> DownloadRow | None:
         if row is not None and row.status in FINISHED_STATUSES:
             return row
     return None
+
+
+def _checked_sha256(path: Path, row: DownloadRow | None) -> str | None:
+    """The recorded SHA-256 of a file modfetch downloaded, re-hashing it when it was touched since; an
+    IntegrityError when its bytes are no longer the download's (never place a changed/corrupted file as it)."""
+    if row is None or not row.sha256:
+        return None
+    if _stat_matches(row):
+        return row.sha256
+    try:
+        real = os.path.realpath(path)
+        if not stat.S_ISREG(os.stat(real).st_mode):
+            return None  # SourceFile refuses it (and hashing a FIFO would block)
+        actual = sha256_file(real)
+    except OSError:
+        return None  # unreadable/vanished: SourceFile reports it as this file's error
+    if actual != row.sha256.lower():
+        raise IntegrityError(f"{path} changed since modfetch downloaded it (sha256 {actual}, "
+                             f"recorded {row.sha256}); nothing placed",
+                             hint=f"run 'modfetch verify' or download it again with --force (id {row.id})")
+    return actual
 
 
 def _stat_matches(row: DownloadRow) -> bool:

@@ -9,6 +9,7 @@ name.  A malformed header makes the file ``generic`` (with the reason), never an
 from __future__ import annotations
 
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,9 @@ def detect_content(path: Path, weak: bool = True) -> Detection | None:
 
     ``weak`` allows the "fewer than 10 tensors = embedding" guess (off for files with a repo hint)."""
     try:
+        # A FIFO would block open() forever and a device never ends: only regular files are read.
+        if not stat.S_ISREG(path.stat().st_mode):
+            return Detection(v.GENERIC, "content", "not a regular file; not read")
         with path.open("rb") as fh:
             magic = fh.read(8)
     except OSError as exc:

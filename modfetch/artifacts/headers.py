@@ -7,6 +7,8 @@ content (only for an unreadable file, as OSError).
 from __future__ import annotations
 
 import json
+import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,12 @@ GGUF_MAGIC = b"GGUF"
 GGUF_MAX_KV = 4096
 GGUF_MAX_STRING = 1 << 20  # one key or string value
 GGUF_MAX_ARRAY_SKIP = 64 << 20  # bytes we are willing to skip for one array value
+# Strings walked (keys, values, array items) before giving up: real headers hold < 2M (vocab + merges); the
+# cap keeps a crafted file of millions of empty strings from taking minutes.
+GGUF_MAX_STRINGS = 4 << 20
+# Lone surrogates (from JSON \ud800 escapes) cannot be printed or encoded; control characters would reach the
+# terminal through `modfetch type`'s reason.
+_UNPRINTABLE = re.compile(r"[\ud800-\udfff\x00-\x1f\x7f-\x9f]")
 
 # GGUF value types (gguf.h): fixed sizes for the scalar ones.
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
@@ -26,6 +34,11 @@ _GGUF_STRING, _GGUF_ARRAY = 8, 9
 
 class MalformedHeader(Exception):
     """Internal: the header does not parse; the message says why."""
+
+
+def clean_text(value: object) -> str:
+    """``str(value)`` with lone surrogates and control characters replaced by U+FFFD (printable, encodable)."""
+    return _UNPRINTABLE.sub("\ufffd", str(value))
 
 
 @dataclass
@@ -66,13 +79,15 @@ def read_safetensors(path: Path, cap: int = SAFETENSORS_HEADER_CAP) -> tuple[Saf
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None, "safetensors header is not valid JSON"
+    except RecursionError:  # e.g. {"a":{"a":...}} nested 100k deep
+        return None, "safetensors header nests too deeply"
     if not isinstance(data, dict):
         return None, "safetensors header is not a JSON object"
     meta = data.pop("__metadata__", None)
-    metadata = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+    metadata = {clean_text(k): clean_text(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
     if any(not isinstance(v, dict) for v in data.values()):
         return None, "safetensors header has entries that are not tensor descriptions"
-    return SafetensorsHeader(tensors=[str(k) for k in data], metadata=metadata), ""
+    return SafetensorsHeader(tensors=[clean_text(k) for k in data], metadata=metadata), ""
 
 
 def _read(fh: IO[bytes], n: int) -> bytes:
@@ -82,19 +97,32 @@ def _read(fh: IO[bytes], n: int) -> bytes:
     return data
 
 
-def _gguf_string(fh: IO[bytes], version: int) -> str:
+class _Budget:
+    """Strings left to walk in one GGUF header (see GGUF_MAX_STRINGS)."""
+
+    def __init__(self, strings: int = GGUF_MAX_STRINGS) -> None:
+        self.strings = strings
+
+    def take(self, n: int = 1) -> None:
+        self.strings -= n
+        if self.strings < 0:
+            raise MalformedHeader("GGUF header holds implausibly many strings")
+
+
+def _gguf_string(fh: IO[bytes], version: int, budget: _Budget) -> str:
+    budget.take()
     (length,) = struct.unpack("<I" if version == 1 else "<Q", _read(fh, 4 if version == 1 else 8))
     if length > GGUF_MAX_STRING:
         raise MalformedHeader(f"GGUF string of {length} bytes is implausibly long")
     return _read(fh, length).decode("utf-8", "replace")
 
 
-def _gguf_value(fh: IO[bytes], vtype: int, version: int) -> Any:
+def _gguf_value(fh: IO[bytes], vtype: int, version: int, budget: _Budget, size: int) -> Any:
     if vtype in _GGUF_SCALARS:
         fmt = _GGUF_SCALARS[vtype]
         return struct.unpack(fmt, _read(fh, struct.calcsize(fmt)))[0]
     if vtype == _GGUF_STRING:
-        return _gguf_string(fh, version)
+        return _gguf_string(fh, version, budget)
     if vtype == _GGUF_ARRAY:
         (item_type,) = struct.unpack("<I", _read(fh, 4))
         (count,) = struct.unpack("<I" if version == 1 else "<Q", _read(fh, 4 if version == 1 else 8))
@@ -102,12 +130,14 @@ def _gguf_value(fh: IO[bytes], vtype: int, version: int) -> Any:
             nbytes = count * struct.calcsize(_GGUF_SCALARS[item_type])
             if nbytes > GGUF_MAX_ARRAY_SKIP:
                 raise MalformedHeader("GGUF array is implausibly large")
-            _read(fh, nbytes)
+            # Seek rather than read: 4096 keys x 64 MB must not mean reading 256 GB.
+            if fh.seek(nbytes, os.SEEK_CUR) > size:
+                raise MalformedHeader("GGUF header ends early")
         elif item_type == _GGUF_STRING:
-            if count > GGUF_MAX_ARRAY_SKIP // 8:
+            if count > GGUF_MAX_ARRAY_SKIP // 8 or count > budget.strings:
                 raise MalformedHeader("GGUF array is implausibly large")
             for _ in range(count):
-                _gguf_string(fh, version)
+                _gguf_string(fh, version, budget)
         else:
             raise MalformedHeader(f"unsupported GGUF array item type {item_type}")
         return None
@@ -116,6 +146,8 @@ def _gguf_value(fh: IO[bytes], vtype: int, version: int) -> Any:
 
 def read_gguf(path: Path) -> tuple[GGUFHeader | None, str]:
     """Parse a GGUF header up to the end of its ``general.*`` keys: (header, "") or (None, why not)."""
+    size = path.stat().st_size
+    budget = _Budget()
     with path.open("rb") as fh:
         if fh.read(4) != GGUF_MAGIC:
             return None, "no GGUF magic"
@@ -131,13 +163,13 @@ def read_gguf(path: Path) -> tuple[GGUFHeader | None, str]:
                 return None, f"GGUF key/value count {kv_count} is implausible"
             header = GGUFHeader(version=version, tensor_count=tensor_count)
             for _ in range(kv_count):
-                key = _gguf_string(fh, version)
+                key = _gguf_string(fh, version, budget)
                 (vtype,) = struct.unpack("<I", _read(fh, 4))
                 if not key.startswith("general.") and "general.architecture" in header.kv:
                     break  # writers put general.* first; the rest (tokenizer arrays...) is not needed
-                value = _gguf_value(fh, vtype, version)
+                value = _gguf_value(fh, vtype, version, budget, size)
                 if key.startswith("general."):
-                    header.kv[key] = value
+                    header.kv[clean_text(key)] = clean_text(value) if isinstance(value, str) else value
         except MalformedHeader as exc:
             return None, str(exc)
         except struct.error:

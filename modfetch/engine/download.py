@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -63,7 +64,7 @@ from .files import (
     write_checksum_file,
 )
 from .hashing import PrefixHasher, git_blob_sha1, hash_range, sha256_file
-from .http import RemoteChanged, RetryableError, shutdown_response
+from .http import RangesIgnored, RemoteChanged, RetryableError, shutdown_response
 from .plan import plan_chunks
 from .probe import ProbeResult, probe
 from .retry import backoff_wait
@@ -217,9 +218,13 @@ class Downloader:
                     db.update_download(row.id, status=FAILED, error="remote file kept changing")
                     raise RemoteChangedError(f"the remote file kept changing while downloading {dest.name}",
                                              hint="try again later") from None
-                log.warning("remote file changed (%s); restarting cleanly", change,
-                            extra={"download_id": row.id})
                 info = self._probe(session, req)
+                if isinstance(change, RangesIgnored):
+                    log.warning("%s; restarting as one stream", change, extra={"download_id": row.id})
+                    info = dataclasses.replace(info, ranges=False)
+                else:
+                    log.warning("remote file changed (%s); restarting cleanly", change,
+                                extra={"download_id": row.id})
                 db.replace_chunks(row.id, [])
                 db.update_download(row.id, size=info.size, etag=info.etag, last_modified=info.last_modified,
                                    bytes_done=0, resolved_url=redact_url(info.url))
@@ -512,7 +517,7 @@ class Downloader:
         validator = strong_etag(info.etag) or (info.last_modified if info.last_modified else None)
         ctx = FetchContext(url=info.url, size=info.size, fd=fd, base_headers=self.base_headers, auth=req.headers,
                            auth_host=req.auth_host, timeout=self.timeout, etag=info.etag, if_range=validator,
-                           cancel=cancel)
+                           cancel=cancel, last_modified=info.last_modified)
         events: queue.Queue[tuple[str, LiveChunk, BaseException | None]] = queue.Queue()
         hasher = PrefixHasher(fd, info.size, scheduler.available, cancel) if hash_while_downloading else None
         pending = [c for c in chunks if c.status != CHUNK_COMPLETE]

@@ -20,7 +20,7 @@ import requests
 
 from ..errors import ProtocolViolation
 from ..util.http import etag_value, header_int, parse_content_range, parse_unsatisfied_range
-from .http import RemoteChanged, RetryableError, check_status, request
+from .http import RangesIgnored, RemoteChanged, RetryableError, check_status, request
 from .scheduler import LiveChunk
 
 log = logging.getLogger("modfetch.engine")
@@ -42,6 +42,7 @@ class FetchContext:
     etag: str | None
     if_range: str | None
     cancel: threading.Event
+    last_modified: str | None = None
     # Per-thread slots for the stall watchdog: thread id -> (response, time of last progress).
     active: dict[int, tuple[requests.Response, float]] = field(default_factory=dict)
 
@@ -91,6 +92,12 @@ def _fetch_once(ctx: FetchContext, chunk: LiveChunk, session: requests.Session, 
         if ctx.etag and received_etag and etag_value(received_etag) != etag_value(ctx.etag):
             raise RemoteChanged(f"ETag changed from {ctx.etag} to {received_etag}")
         if response.status_code == 200:
+            # Same validators and size: the file did not change, this backend just ignores Range (load balancers
+            # where only some backends do ranges).  Restarting chunked would hit it again, so fall back.
+            modified = response.headers.get("Last-Modified")
+            length = header_int(response.headers.get("Content-Length"))
+            if length in (None, ctx.size) and not (modified and ctx.last_modified and modified != ctx.last_modified):
+                raise RangesIgnored("server answered a ranged request with the whole, unchanged file (200)")
             raise RemoteChanged("server answered a ranged request with the whole file (200)"
                                 + (" — the remote file changed" if ctx.if_range else ""))
         if response.status_code != 206:

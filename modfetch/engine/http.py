@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import socket
+import threading
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import requests.adapters
+import urllib3.connection
+import urllib3.connectionpool
 
 from ..errors import AuthError, HTTPStatusError, NotFoundError
 from ..util.http import parse_retry_after
 from ..util.redact import redact, redact_url
 
 MAX_REDIRECTS = 10
+HEADER_DEADLINE_FACTOR = 2.0  # response headers must be complete within this many read timeouts
+HEADER_DEADLINE_DEFAULT = 120.0  # seconds, when the socket has no timeout
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 RETRYABLE_STATUSES = {408, 425, 429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524, 529}
 
@@ -27,6 +36,109 @@ class RetryableError(Exception):
 
 class RemoteChanged(Exception):
     """The remote entity is not the one we started with (validator, size or Range support changed)."""
+
+
+class RangesIgnored(RemoteChanged):
+    """A ranged request got the whole, unchanged file (200): some of the server's backends ignore Range, so
+    chunked downloading cannot work reliably and the restart uses one stream."""
+
+
+class _LineTracker:
+    """Wraps a response's file to remember the last line read: a header block that did not end with an empty
+    line was cut off (http.client takes EOF as the end of the headers)."""
+
+    def __init__(self, fp: Any) -> None:
+        self.fp = fp
+        self.last = b""
+
+    def readline(self, *args: Any) -> bytes:
+        line: bytes = self.fp.readline(*args)
+        self.last = line
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fp, name)
+
+
+class _GuardedResponse(http.client.HTTPResponse):
+    """An HTTPResponse that (1) gives up when the status line and headers are not complete within a deadline:
+    the read timeout is per recv, so a server trickling one header byte a second would otherwise hold the
+    request forever, and the stall watchdog only sees bodies; (2) refuses a header block cut off by the
+    connection closing (http.client takes it for a complete response with an empty body); (3) skips every
+    informational 1xx response (``103 Early Hints``), not only ``100 Continue``: http.client returns those as
+    the response and leaves the real one unread in the socket."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self._guard_sock = sock
+
+    def begin(self) -> None:
+        timeout = self._guard_sock.gettimeout()
+        limit = HEADER_DEADLINE_FACTOR * timeout if timeout else HEADER_DEADLINE_DEFAULT
+        fired = threading.Event()
+
+        def expire() -> None:
+            fired.set()
+            with contextlib.suppress(OSError):
+                self._guard_sock.shutdown(socket.SHUT_RDWR)
+
+        tracker = _LineTracker(self.fp)
+        self.fp = tracker  # type: ignore[assignment]
+        timer = threading.Timer(limit, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            super().begin()
+            while 100 <= self.status < 200 and self.status != 101:
+                self.headers = None  # type: ignore[assignment]  # (begin() returns at once if headers are set)
+                super().begin()
+            if fired.is_set():
+                raise TimeoutError(f"no complete response headers within {limit:.0f}s")
+            if tracker.last not in (b"\r\n", b"\n"):
+                raise http.client.RemoteDisconnected("connection closed inside the response headers")
+        except Exception:
+            if fired.is_set():
+                raise TimeoutError(f"no complete response headers within {limit:.0f}s") from None
+            raise
+        finally:
+            timer.cancel()
+            if self.fp is tracker:  # type: ignore[comparison-overlap]
+                self.fp = tracker.fp
+
+
+class _GuardedHTTPConnection(urllib3.connection.HTTPConnection):
+    response_class = _GuardedResponse
+
+
+class _GuardedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    response_class = _GuardedResponse
+
+
+class _GuardedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class GuardedAdapter(requests.adapters.HTTPAdapter):
+    """An HTTPAdapter whose connections use ``_GuardedResponse``."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+
+
+def guard_session(session: requests.Session) -> None:
+    """Swap the session's plain HTTPAdapters for GuardedAdapters with the same pool settings (once)."""
+    for prefix, adapter in list(session.adapters.items()):
+        if type(adapter) is requests.adapters.HTTPAdapter:
+            pool: Any = adapter  # (requests keeps the pool settings in private attributes)
+            guarded = GuardedAdapter(pool_connections=pool._pool_connections, pool_maxsize=pool._pool_maxsize,
+                                     max_retries=adapter.max_retries, pool_block=pool._pool_block)
+            session.mount(prefix, guarded)
+            adapter.close()
 
 
 def host_of(url: str) -> str:
@@ -50,6 +162,7 @@ def request(session: requests.Session, method: str, url: str, *, base_headers: M
             stream: bool = True) -> tuple[requests.Response, str]:
     """Send ``method`` following redirects by hand so auth never leaves ``auth_host``; return (response, url)."""
     auth_scheme = urlsplit(url).scheme if auth_host and host_of(url) == auth_host else None
+    guard_session(session)
     for _ in range(MAX_REDIRECTS + 1):
         headers = headers_for(url, base_headers, auth, auth_host, auth_scheme)
         try:
