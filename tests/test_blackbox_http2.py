@@ -134,3 +134,19 @@ def test_later_responses_are_fine_after_interim_ones_on_kept_alive_connections(s
 
     assert_ok(cli(server(handler).url()), "file.bin", DATA)
 
+
+
+def test_conflicting_content_lengths_are_a_malformed_response_not_a_network_error(server, cli) -> None:
+    """Two different Content-Length headers: urllib3 refuses the response (rightly); it used to be retried
+    and reported as 'cannot reach ...: InvalidHeader', pointing at the network instead of the server."""
+    def handler(req: Req, conn: socket.socket, srv: RawServer) -> bool:
+        conn.sendall(response("200 OK", [("Content-Length", str(len(DATA))), ("Content-Length", "7")],
+                              b"" if req.method == "HEAD" else DATA))
+        return False
+
+    srv = server(handler)
+    run = cli(srv.url())
+    line = assert_clean_error(run)
+    assert "malformed response" in line and "cannot reach" not in line
+    assert len(srv.requests) <= 2  # HEAD + the GET probe: nothing retried
+    assert not (run.dest / "file.bin").exists()

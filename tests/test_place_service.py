@@ -152,6 +152,20 @@ def test_gguf_lmstudio_two_levels_and_ollama_modelfile(apps: Apps, tmp_path: Pat
     assert "comfyui" not in by_app and "a1111" not in by_app
 
 
+def test_ollama_dry_run_tells_what_the_real_run_would_do(apps: Apps, tmp_path: Path) -> None:
+    config = apps.configure(apps={"ollama": {"preset": "ollama"}})
+    gguf = write_gguf(tmp_path / "dl" / "tiny.gguf", {"general.architecture": "llama"})
+    modelfile = gguf.parent / "tiny.Modelfile"
+    modelfile.write_text("FROM /somewhere/else.gguf\n")
+    (dry,) = place_file(config, gguf, PlaceOptions(dry_run=True)).outcomes
+    assert "different file is there (needs --force)" in dry.message
+    (real,) = place_file(config, gguf, PlaceOptions()).outcomes
+    assert not real.ok and modelfile.read_text() == "FROM /somewhere/else.gguf\n"  # kept without --force
+    place_file(config, gguf, PlaceOptions(force=True))
+    (dry,) = place_file(config, gguf, PlaceOptions(dry_run=True)).outcomes
+    assert dry.message == "already in place"
+
+
 def test_lmstudio_names_from_civitai_and_local(apps: Apps, tmp_path: Path) -> None:
     config = apps.configure(apps={"lms": {"preset": "lmstudio", "base": str(apps.lms)}})
     gguf = write_gguf(tmp_path / "dl" / "tiny.gguf", {"general.architecture": "llama"})

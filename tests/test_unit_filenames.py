@@ -37,6 +37,11 @@ from modfetch.util.filenames import (
         ("", FALLBACK_NAME),
         (None, FALLBACK_NAME),
         ("e\u0301.bin", "\u00e9.bin"),  # NFC
+        ("invoice\u202efdp.exe", "invoicefdp.exe"),  # right-to-left override: would display as "invoiceexe.pdf"
+        ("a\u2066b\u2069\u200f.bin", "ab.bin"),  # other bidi controls
+        ("c1\x85\x9b.bin", "c1.bin"),  # C1 controls (NEL, CSI)
+        ("\ufeffbom.bin", "bom.bin"),
+        ("\U0001f469\u200d\U0001f52c.gguf", "\U0001f469\u200d\U0001f52c.gguf"),  # the joiner is kept
     ],
 )
 def test_sanitize_filename(raw: str | None, clean: str) -> None:

@@ -174,7 +174,8 @@ def _place_one(source: linker.SourceFile, target: PlannedTarget, app: AppSpec, m
                              f"set placement.apps.{app.name}.base to where it is installed")
     if options.dry_run:
         try:
-            state = "n/a" if kind in (HF_CACHE, OLLAMA) else linker.inspect_target(target.target, source)
+            state = ("n/a" if kind == HF_CACHE else ollama.modelfile_state(source, target.target) if kind == OLLAMA
+                     else linker.inspect_target(target.target, source))
         except OSError as exc:  # e.g. a file where the app's folder should be: this target only
             return TargetOutcome(app.name, target.target, FAILED, shown_mode, _os_message(exc), command)
         note = {"same": "already in place", "different": "a different file is there (needs --force)",

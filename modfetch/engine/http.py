@@ -171,7 +171,10 @@ def request(session: requests.Session, method: str, url: str, *, base_headers: M
         except (TimeoutError, requests.ConnectionError, requests.Timeout) as exc:
             raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None
         except requests.RequestException as exc:
-            raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None
+            if not isinstance(exc, requests.exceptions.InvalidHeader):  # e.g. two different Content-Lengths
+                raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None
+            raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} {redact_url(url)}: "
+                                  f"{redact(str(exc))}", 502) from None
         except ValueError as exc:
             # requests parses a Location even with allow_redirects=False ("Invalid IPv6 URL"): not transient.
             raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} {redact_url(url)}: "

@@ -26,15 +26,31 @@ def create_command(model: str, modelfile: Path) -> list[str]:
     return ["ollama", "create", model, "-f", str(modelfile)]
 
 
+def modelfile_state(source: SourceFile, target: Path) -> str:
+    """What is at ``target`` now: ``absent``, ``same`` (this Modelfile), ``dangling`` (a broken link),
+    ``directory`` or ``different`` — the vocabulary of ``linker.inspect_target``, so a dry run can tell."""
+    if not os.path.lexists(target):
+        return "absent"
+    if target.is_symlink():
+        return "different" if target.exists() else "dangling"
+    if target.is_dir():
+        return "directory"
+    text = modelfile_text(source)
+    if (target.is_file() and target.stat().st_size == len(text.encode())  # (never read a big file whole)
+            and target.read_text(encoding="utf-8", errors="replace") == text):
+        return "same"
+    return "different"
+
+
 def write_modelfile(source: SourceFile, target: Path, force: bool = False) -> LinkResult:
     """Write the Modelfile at ``target`` (skip when identical; replace a different one only with force)."""
     text = modelfile_text(source)
     action = CREATED
-    if os.path.lexists(target):
-        regular = not target.is_symlink() and target.is_file()
-        if regular and target.read_text(encoding="utf-8", errors="replace") == text:
+    state = modelfile_state(source, target)
+    if state != "absent":
+        if state == "same":
             return LinkResult(SKIPPED, "modelfile", "Modelfile already up to date")
-        if target.is_symlink() and not target.exists():
+        if state == "dangling":
             action = REPAIRED
         elif not force:
             raise TargetExistsError(f"{target} already exists with different content",

@@ -127,6 +127,9 @@ class SourceClient:
                 response = self.session.request(method, url, headers=headers, timeout=self.timeout,
                                                 stream=True, allow_redirects=False)
             except requests.RequestException as exc:
+                if isinstance(exc, requests.exceptions.InvalidHeader):  # malformed, not transient: no retry
+                    raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} "
+                                          f"{redact_url(url)}: {redact(str(exc))}", 502) from None
                 last = f"{type(exc).__name__} talking to {host_of(url)}"
             except ValueError as exc:
                 # requests parses a Location even with allow_redirects=False ("Invalid IPv6 URL"): not transient.

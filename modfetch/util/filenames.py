@@ -10,7 +10,9 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import UsageError
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0/C1 controls, and the bidirectional controls that let a name display as something else
+# ("evil\u202egnp.exe" shows as "evilexe.png"); the zero-width joiner stays (emoji, Indic scripts).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 _MAX_NAME_BYTES = 240  # leaves room for ".part" / ".sha256" within NAME_MAX (255)
 FALLBACK_NAME = "download.bin"
 
