@@ -34,6 +34,11 @@ class NetworkError(ModfetchError):
     """The server could not be reached or kept failing after all retries."""
 
 
+class TLSError(NetworkError):
+    """A TLS failure that retrying cannot fix: an untrusted certificate, an unusable CA bundle, a server that
+    does not speak TLS."""
+
+
 class HTTPStatusError(ModfetchError):
     """The server answered with a status that retrying will not fix (401/403/404/...)."""
 

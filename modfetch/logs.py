@@ -19,6 +19,7 @@ import sys
 import time
 from typing import IO, Any
 
+from .util import termtext
 from .util.redact import redact
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
@@ -52,6 +53,32 @@ def _redact_value(value: Any) -> Any:
         return {k: _redact_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_redact_value(v) for v in value]
+    return value
+
+
+def utf8_text(text: str) -> str:
+    """``text`` as valid UTF-8: bytes that are not UTF-8 (surrogate escapes from argv or file names) become the
+    text ``\\xff``, any other lone surrogate ``\\ud800``.  json.dumps would emit them as ``\\udcff`` escapes,
+    which strict JSON parsers reject, and a strict stream would raise."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate outside the surrogateescape range
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def terminal_text(text: str) -> str:
+    """``utf8_text(text)`` on one line with control and bidi characters shown as ``?``: server and DB text in a
+    message must not reach a terminal as escape sequences (``\x1b[2J`` clears the screen) or extra lines."""
+    return termtext.printable(utf8_text(text))
+
+
+def _utf8_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return utf8_text(value)
+    if isinstance(value, dict):
+        return {k: _utf8_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_utf8_value(v) for v in value]
     return value
 
 
@@ -97,15 +124,15 @@ class HumanFormatter(logging.Formatter):
         else:
             name = record.name.split(".", 1)[0]  # urllib3, py.warnings, ...
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        line = f"{stamp} {tag} {name:<7} {record.getMessage()}"
+        line = f"{stamp} {tag} {name:<7} {terminal_text(record.getMessage())}"
         fields = extra_fields(record)
         if fields:
-            line += "  " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+            line += "  " + " ".join(terminal_text(f"{k}={v}") for k, v in fields.items() if v is not None)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         if record.stack_info:
             line += "\n" + self.formatStack(record.stack_info)
-        return redact(line.rstrip())
+        return utf8_text(redact(line.rstrip()))
 
 
 class JsonFormatter(logging.Formatter):
@@ -124,7 +151,8 @@ class JsonFormatter(logging.Formatter):
             payload.setdefault(key, _redact_value(value))
         if record.exc_info:
             payload["exc"] = redact(self.formatException(record.exc_info))
-        return json.dumps(payload, default=lambda o: redact(str(o)), ensure_ascii=False)
+        return json.dumps(_utf8_value(payload), default=lambda o: utf8_text(redact(str(o))),
+                          ensure_ascii=False)
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -187,4 +215,4 @@ def configure_logging(level: str = "info", fmt: str = "human", quiet: bool = Fal
 
 
 __all__ = ["HumanFormatter", "JsonFormatter", "RedactionFilter", "configure_logging", "level_name",
-           "make_handler", "parse_level", "use_colour"]
+           "make_handler", "parse_level", "terminal_text", "use_colour", "utf8_text"]

@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
+from .errors import ModfetchError
 from .state import FINISHED_STATUSES, RUNNING, StateDB, pid_alive
 from .util.redact import redact
 
@@ -34,6 +36,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "downloads_succeeded": ("modfetch_downloads_succeeded_total", "Downloads that finished and verified."),
     "downloads_failed": ("modfetch_downloads_failed_total", "Downloads that ended in an error."),
 }
+# Every file render() writes starts with this: how check_target() recognises modfetch's own textfile.
+_OWN_HEADER = b"# HELP modfetch_"
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -128,8 +132,32 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def check_target(path: Path) -> None:
+    """Raise ModfetchError unless ``path`` is absent, a link, or a regular file modfetch wrote (or an empty one).
+
+    ``os.replace`` would replace whatever a misconfigured path names: a device node (``path: /dev/null`` under
+    a root service), a FIFO, or another exporter's ``.prom`` file in a shared textfile directory."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        return  # os.replace swaps the link itself, never writes through it
+    if stat.S_ISDIR(mode):
+        raise ModfetchError("it is a directory")
+    if not stat.S_ISREG(mode):
+        raise ModfetchError("it is not a regular file (a device, FIFO or socket); not replacing it")
+    with path.open("rb") as fh:
+        head = fh.read(len(_OWN_HEADER))
+    if head and head != _OWN_HEADER:
+        raise ModfetchError("it holds something modfetch did not write; not replacing it",
+                            hint="point metrics.prometheus_textfile.path at a file of its own")
+
+
 def write_textfile(state_db: Path, path: Path) -> str:
     """Collect from ``state_db`` and write ``path`` under an exclusive lock; returns the text written."""
+    if path.parent.exists() and not path.parent.is_dir():  # mkdir would say "File exists"
+        raise ModfetchError(f"{path.parent} is not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.parent / f".{path.name}.lock"
     # O_NOFOLLOW: the lock name is predictable, and a link planted there (the textfile directory is often
@@ -149,6 +177,7 @@ def write_textfile(state_db: Path, path: Path) -> str:
             else:
                 snap = Snapshot()
             text = render(snap)
+            check_target(path)
             write_atomic(path, text)
             return text
         finally:
@@ -185,5 +214,5 @@ def checkpoint_writer(config: Config) -> Callable[[], None] | None:
     return TextfileWriter(config.state_db, config.metrics_path)
 
 
-__all__ = ["COUNTERS", "Snapshot", "TextfileWriter", "checkpoint_writer", "collect", "parse_labels", "render",
-           "write_atomic", "write_textfile"]
+__all__ = ["COUNTERS", "Snapshot", "TextfileWriter", "check_target", "checkpoint_writer", "collect",
+           "parse_labels", "render", "write_atomic", "write_textfile"]

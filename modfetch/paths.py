@@ -5,10 +5,31 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UsageError
+from .logs import utf8_text
+
+
+def require_utf8(text: str, what: str) -> str:
+    """``text`` unchanged if it is valid UTF-8 text; UsageError otherwise.
+
+    Bytes that are not UTF-8 reach us from argv as lone surrogates; the state DB, logs and JSON output keep
+    paths as text, so such a name would fail deep inside a download instead of here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} '{utf8_text(text)}' is not valid UTF-8",
+                         hint="modfetch keeps names and paths as UTF-8 text; rename it or pick another name") from None
+    return text
+
 
 def expand_path(value: str | os.PathLike[str]) -> Path:
-    """Expand ``~`` and ``$VARS`` in a path string and return an absolute Path."""
-    return Path(os.path.expandvars(os.path.expanduser(os.fspath(value)))).absolute()
+    """Expand ``~`` and ``$VARS`` in a path string and return an absolute Path (UsageError if not UTF-8)."""
+    path = Path(os.path.expandvars(os.path.expanduser(require_utf8(os.fspath(value), "path"))))
+    try:
+        return path.absolute()
+    except FileNotFoundError:  # os.getcwd() of a directory deleted after we were started in it
+        raise UsageError(f"cannot resolve the relative path {os.fspath(value)!r}: the current directory no "
+                         "longer exists", hint="cd to an existing directory or give an absolute path") from None
 
 
 def xdg_config_home() -> Path:

@@ -9,6 +9,7 @@ processes (downloads, ``status``, the TUI) share the file; the TUI opens it read
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import sqlite3
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .errors import StateError
 
@@ -94,6 +96,28 @@ _DOWNLOAD_COLUMNS = (
     "sha256", "status", "error", "source", "artifact_type", "meta", "retries", "pid", "created_at", "updated_at",
     "started_at", "finished_at",
 )
+
+
+# Numeric download columns and what a damaged value reads as (None where the column is nullable).
+_NUMBER_DEFAULTS: dict[str, float | None] = {
+    "size": None, "bytes_done": 0, "retries": 0, "pid": None,
+    "created_at": 0.0, "updated_at": 0.0, "started_at": None, "finished_at": None,
+}
+_INT_COLUMNS = frozenset({"size", "bytes_done", "retries", "pid"})
+_TEXT_COLUMNS = tuple(name for name in _DOWNLOAD_COLUMNS if name not in _NUMBER_DEFAULTS and name not in
+                      ("id", "meta"))
+_MAX_TIMESTAMP = 253402300799.0  # 9999-12-31 23:59:59 UTC
+
+
+def _sane_number(name: str, value: Any, default: float | None) -> Any:
+    """``value`` when it is a finite number in range for column ``name``, else ``default``.
+
+    Sizes, counts and pids are never negative and fit SQLite's 64-bit integers; times lie in 1970..9999."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return default
+    if name in _INT_COLUMNS:
+        return int(value) if 0 <= value < 2**63 else default
+    return float(value) if 0 <= value <= _MAX_TIMESTAMP else default
 
 
 @dataclass
@@ -181,23 +205,37 @@ def pid_alive(pid: int | None) -> bool:
     return state not in ("Z", "X")
 
 
+def _decode_text(raw: bytes) -> str:
+    """TEXT columns as str; bytes that are not UTF-8 (a hand-edited row) become U+FFFD instead of making every
+    read of that row fail as "damaged"."""
+    return raw.decode("utf-8", "replace")
+
+
 class StateDB:
     """A connection to the state database; use one per thread (see module docstring)."""
 
-    def __init__(self, path: Path, readonly: bool = False) -> None:
+    def __init__(self, path: Path, readonly: bool = False, busy_timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
         self.path = path
         self.readonly = readonly
         try:
             if readonly:
+                # Quoted: a '?' or '#' in the path would otherwise end the file name inside the URI.
                 self.conn = sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+                    f"file:{quote(str(path))}?mode=ro", uri=True, timeout=busy_timeout, isolation_level=None
                 )
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self.conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+                self.conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None)
             self.conn.row_factory = sqlite3.Row
-            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if not readonly:
+            self.conn.text_factory = _decode_text
+            self.conn.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
+            if readonly:
+                try:
+                    self._check_version()
+                except StateError:
+                    self.conn.close()
+                    raise
+            else:
                 # Switching a brand-new file to WAL (and migrating it) can answer "database is locked" at
                 # once, without the busy handler, while another process does the same: retry those briefly.
                 self._retry_locked(lambda: self.conn.execute("PRAGMA journal_mode = WAL"))
@@ -243,14 +281,19 @@ class StateDB:
             raise
         self.conn.execute("COMMIT")
 
+    def _check_version(self) -> int:
+        """The schema version; StateError when a newer modfetch wrote it (its rows may not fit ours)."""
+        current = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+        if current > SCHEMA_VERSION:
+            raise StateError(
+                f"state database {self.path} is from a newer modfetch (schema {current})",
+                hint="upgrade modfetch, or point general.data_root elsewhere",
+            )
+        return current
+
     def _migrate(self) -> None:
         with self.transaction():
-            current = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            if current > SCHEMA_VERSION:
-                raise StateError(
-                    f"state database {self.path} is from a newer modfetch (schema {current})",
-                    hint="upgrade modfetch, or point general.data_root elsewhere",
-                )
+            current = self._check_version()
             for version in range(current, SCHEMA_VERSION):
                 # executescript would commit our transaction; run the statements one by one instead.
                 for statement in _MIGRATIONS[version].split(";"):
@@ -295,7 +338,18 @@ class StateDB:
             meta = None
         # Hints only: a damaged or hand-edited value must not make every command that lists downloads fail.
         data["meta"] = meta if isinstance(meta, dict) else {}
-        return DownloadRow(**data)
+        # SQLite columns take any type: the same goes for a size of 'abc' or Inf (invalid JSON in status
+        # --json) and a time past year 9999 (time.localtime raises), and for a column we do not know.
+        for name, default in _NUMBER_DEFAULTS.items():
+            if name in data:
+                data[name] = _sane_number(name, data[name], default)
+        for name in _TEXT_COLUMNS:
+            value = data.get(name)
+            if isinstance(value, bytes):
+                data[name] = value.decode("utf-8", "replace")
+            elif value is not None and not isinstance(value, str):
+                data[name] = str(value)
+        return DownloadRow(**{name: value for name, value in data.items() if name in _DOWNLOAD_COLUMNS})
 
     def create_download(self, url: str, dest_path: str, **fields: Any) -> DownloadRow:
         """Insert a new download row and return it."""
@@ -434,11 +488,35 @@ class StateDB:
         return {(r["name"], r["labels"]): float(r["value"]) for r in rows}
 
 
-def open_state(path: Path, readonly: bool = False) -> StateDB:
-    """Open the state DB (creating and migrating it unless read-only) and recover stale running rows."""
+# Result codes (primary, the low byte of extended codes) that mean the disk, the OS or another process got in
+# the way of a healthy database: https://www.sqlite.org/rescode.html
+_SQLITE_FULL, _SQLITE_OS = 13, {3: "permission denied", 5: "busy", 6: "locked", 8: "read-only", 10: "I/O error",
+                                14: "cannot open"}
+
+
+def db_failure(exc: sqlite3.Error, path: str | os.PathLike[str]) -> StateError:
+    """The StateError for a statement that failed on a database that opened fine.
+
+    A full disk, an I/O or permission error or a lock held too long is not damage: telling the user to move
+    state.db aside would throw away every download's resumable progress, so only real damage says so."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # Python >= 3.11; the message before that
+    text = str(exc)
+    resume = "rerun the same command: the download resumes where it stopped"
+    if code == _SQLITE_FULL or "disk is full" in text:
+        return StateError(f"cannot write state database {path}: the disk is full", hint=f"free some space and {resume}")
+    if code in _SQLITE_OS or any(word in text for word in ("I/O error", "readonly", "locked", "unable to open")):
+        return StateError(f"cannot write state database {path}: {text}",
+                          hint=f"free some space or fix the folder's permissions, then {resume}")
+    return StateError(f"state database {path} is damaged: {text}",
+                      hint="move state.db aside (keeping a copy) and rerun; files on disk are kept and re-verified")
+
+
+def open_state(path: Path, readonly: bool = False, busy_timeout: float = BUSY_TIMEOUT_MS / 1000) -> StateDB:
+    """Open the state DB (creating and migrating it unless read-only) and recover stale running rows;
+    ``busy_timeout`` is how long a statement waits for another process's lock."""
     if readonly and not path.exists():
         raise StateError(f"no state database at {path} yet", hint="run a download first")
-    db = StateDB(path, readonly=readonly)
+    db = StateDB(path, readonly=readonly, busy_timeout=busy_timeout)
     if not readonly:
         db.recover_stale()
     return db

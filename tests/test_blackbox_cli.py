@@ -206,6 +206,26 @@ def test_unparsable_meta_in_a_row_does_not_crash_status(mf: Modfetch, faulty_ser
     assert mf.cli("verify", "--all").exit_code == 0
 
 
+def test_non_utf8_text_in_a_row_is_shown_not_called_damage(mf: Modfetch, faulty_server: Serve) -> None:
+    """One hand-edited TEXT value that is not UTF-8 used to make every command say the whole DB 'is damaged'
+    (with 'move state.db aside' as the hint, which throws away all resumable state) and echoed its bytes, an
+    escape sequence included, into the terminal."""
+    _download_one(mf, faulty_server)
+    conn = sqlite3.connect(mf.state_db)
+    conn.execute("UPDATE downloads SET error = CAST(X'1b5b324a6261641b5d303b7469746c6507ff' AS TEXT), "
+                 "status = 'failed'")
+    conn.commit()
+    conn.close()
+    table = mf.run("status")
+    assert table.returncode == 0, table.stderr
+    assert "\x1b" not in table.stdout + table.stderr and "\x07" not in table.stdout + table.stderr
+    shown = mf.run("status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    (row,) = json.loads(shown.stdout)
+    assert row["error"].endswith("bad\x1b]0;title\x07\ufffd"), row["error"]  # data kept, bad byte marked
+    assert mf.run("verify", "--all").returncode == 0
+
+
 # -- verify of files with a sidecar --------------------------------------------------------------------------
 @pytest.mark.parametrize("sidecar", [b"", b"\xff\xfe\x00", b"zz  x.bin\n", b"   \n"])
 def test_malformed_sidecar_is_a_clean_error(mf: Modfetch, tmp_path: Path, sidecar: bytes) -> None:

@@ -48,9 +48,9 @@ def progress_of(row: DownloadRow) -> float | None:
     """Fraction done (0..1), or None when the size is unknown."""
     if row.status in FINISHED_STATUSES:
         return 1.0
-    if not row.size:
+    if not row.size or row.size < 0:  # unknown, or a damaged row: no percentage beats "-50.0%"
         return None
-    return min(1.0, row.bytes_done / row.size)
+    return max(0.0, min(1.0, row.bytes_done / row.size))
 
 
 @dataclass

@@ -20,7 +20,9 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import ModfetchError, StateError, UsageError, exit_code
+from ..errors import ModfetchError, UsageError, exit_code
+from ..logs import terminal_text, utf8_text
+from ..state import db_failure
 from ..util.redact import redact
 from .context import CliState, global_options, pass_state
 
@@ -119,10 +121,8 @@ class ModfetchGroup(click.Group):
             ctx.exit(1)
         except sqlite3.DatabaseError as error:  # opened fine, then a query met missing tables or bad pages
             state = ctx.find_object(CliState)
-            where = str(state._config.state_db) if state is not None and state._config is not None else ""
-            _report(ctx, StateError(f"state database {where} is damaged: {error}".replace("  ", " "),
-                                    hint="move state.db aside (keeping a copy) and rerun; files on disk are "
-                                    "kept and re-verified"))
+            where = str(state._config.state_db) if state is not None and state._config is not None else "state.db"
+            _report(ctx, db_failure(error, where))  # damaged, or only a full disk / a permission problem
             ctx.exit(1)
         except Exception as error:  # last line of defence: a bug, still no traceback unless debugging
             _report(ctx, ModfetchError(f"internal error: {type(error).__name__}: {error}",
@@ -167,13 +167,13 @@ def _report(ctx: click.Context | None, error: ModfetchError) -> None:
     if state is not None and state.json_output:
         import json
 
-        payload = {"level": "error", "msg": redact(error.message), "hint": redact(error.hint or "") or None,
-                   "exit_code": exit_code(error)}
+        payload = {"level": "error", "msg": utf8_text(redact(error.message)),
+                   "hint": utf8_text(redact(error.hint or "")) or None, "exit_code": exit_code(error)}
         click.echo(json.dumps(payload), err=True)
         return
-    click.echo(f"modfetch: error: {redact(error.message)}", err=True)
+    click.echo(f"modfetch: error: {terminal_text(redact(error.message))}", err=True)
     if error.hint:
-        click.echo(f"  hint: {redact(error.hint)}", err=True)
+        click.echo(f"  hint: {terminal_text(redact(error.hint))}", err=True)
 
 
 @click.group(cls=ModfetchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -22,7 +22,9 @@ from ..state import (
     DownloadRow,
     StateDB,
 )
+from ..util.redact import redact
 from ..util.sizes import human_size
+from ..util.termtext import fit, printable
 from .context import CliState, global_options, pass_state
 
 
@@ -34,23 +36,23 @@ def _json_row(row: DownloadRow, placements: list[dict[str, Any]]) -> dict[str, A
 
 
 def render_table(rows: list[DownloadRow]) -> str:
-    """The human status table."""
+    """The human status table.  Names and statuses come from the DB: control characters (an escape sequence
+    would act on the terminal) become ``?``, secrets are masked, and widths are counted in columns."""
     header = f"{'ID':>4}  {'FILE':<40}  {'SIZE':>10}  {'PROGRESS':>8}  {'STATUS':<11}  UPDATED"
     lines = [header]
     for row in rows:
         fraction = progress_of(row)
         progress = "?" if fraction is None else f"{fraction * 100:.1f}%"
-        name = row.dest_path.rsplit("/", 1)[-1]
-        name = name if len(name) <= 40 else name[:37] + "..."
+        name = fit(redact(row.dest_path.rsplit("/", 1)[-1]), 40)
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.updated_at))
-        lines.append(f"{row.id:>4}  {name:<40}  {human_size(row.size):>10}  {progress:>8}  "
-                     f"{row.status:<11}  {updated}")
+        lines.append(f"{row.id:>4}  {name}  {human_size(row.size):>10}  {progress:>8}  "
+                     f"{fit(row.status, 11)}  {updated}")
     return "\n".join(lines)
 
 
 def render_placements(db: StateDB, rows: list[DownloadRow]) -> str:
     """Lines under the table listing where files were placed (empty when nothing was)."""
-    lines = [f"{row.id:>4}  {p.app:<10}  {p.mode:<9}  {p.target_path}"
+    lines = [printable(redact(f"{row.id:>4}  {p.app:<10}  {p.mode:<9}  {p.target_path}"))
              for row in rows for p in db.placements(download_id=row.id)]
     return "\nplacements:\n" + "\n".join(lines) if lines else ""
 

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +25,7 @@ from typing import Any
 
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.stop import stop_base
 
 from ..config import Config
 from ..errors import (
@@ -52,14 +54,16 @@ from ..state import (
 from ..util.filenames import filename_from_url, safe_join, sanitize_filename
 from ..util.http import strong_etag
 from ..util.redact import redact, redact_url
-from .fetch import BLOCK, DiskWriteError, FetchContext, fetch_chunk
+from .fetch import BLOCK, DiskWriteError, FetchContext, PartTruncated, fetch_chunk
 from .files import (
     TargetLock,
+    check_part,
     fsync_dir,
     install_file,
     is_own_sidecar,
     open_part,
     os_error,
+    part_changed,
     preallocate,
     write_checksum_file,
 )
@@ -81,6 +85,21 @@ STOP = threading.Event()
 POLLING = threading.Event()
 HOOK_SECONDS = 5.0
 MAX_RESTARTS = 3
+# Probe attempts against a host that refuses connections or does not resolve: a second or two of backoff covers
+# a restart blip; a minute of retries for a typo or a server that is down helps nobody.
+UNREACHABLE_PROBE_ATTEMPTS = 3
+
+
+class _StopWhenUnreachable(stop_base):
+    """Give up once ``attempts`` tries have failed and the last failure was ``unreachable``."""
+
+    def __init__(self, attempts: int) -> None:
+        self.attempts = attempts
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        return retry_state.attempt_number >= self.attempts and bool(getattr(exc, "unreachable", False))
 
 
 @dataclass(frozen=True)
@@ -163,10 +182,14 @@ class Downloader:
 
     # -- steps -----------------------------------------------------------------------------------------
     def _retrying(self, cancel: threading.Event | None = None,
-                  on_retry: Callable[[RetryCallState], None] | None = None) -> Retrying:
+                  on_retry: Callable[[RetryCallState], None] | None = None,
+                  unreachable_attempts: int | None = None) -> Retrying:
         cc = self.config.concurrency
+        stop: stop_base = stop_after_attempt(cc.max_retries + 1)
+        if unreachable_attempts is not None:
+            stop = stop | _StopWhenUnreachable(unreachable_attempts)
         return Retrying(
-            stop=stop_after_attempt(cc.max_retries + 1),
+            stop=stop,
             wait=backoff_wait(cc.backoff_min_ms / 1000, cc.backoff_max_ms / 1000),
             retry=retry_if_exception_type(RetryableError),
             sleep=(cancel.wait if cancel is not None else time.sleep),  # type: ignore[arg-type]
@@ -181,7 +204,7 @@ class Downloader:
                         extra={"url": redact_url(req.url), "attempt": state.attempt_number})
 
         try:
-            for attempt in self._retrying(on_retry=note):
+            for attempt in self._retrying(on_retry=note, unreachable_attempts=UNREACHABLE_PROBE_ATTEMPTS):
                 with attempt:
                     return probe(session, req.url, base_headers=self.base_headers, auth=req.headers,
                                  auth_host=req.auth_host, timeout=self.timeout)
@@ -253,11 +276,20 @@ class Downloader:
     def _already_present(self, db: StateDB, row: DownloadRow | None, req: DownloadRequest, info: ProbeResult,
                          dest: Path, expected: str | None) -> DownloadResult | None:
         """A no-op success when the target already holds the right bytes; an error when it holds others."""
-        if not dest.exists():
+        try:
+            st = dest.lstat()
+        except FileNotFoundError:
             return None
-        known: str | None = expected
+        if stat.S_ISDIR(st.st_mode):
+            # Checked before any transfer: not even --force replaces a directory (rename(2) cannot anyway).
+            raise TargetExistsError(f"{dest} is a directory; not replacing it",
+                                    hint="move it away, or pass --out another name")
+        # Only a regular file (or a link to one) can hold the bytes: hashing a FIFO would block forever, and a
+        # dangling link would be found in the way only after the whole transfer.
+        regular = dest.is_file()
+        known: str | None = expected if regular else None
         # An unfinished row with a hash was killed after hashing, around the final rename (see _transfer).
-        if known is None and row is not None and row.sha256 and row.status != MISMATCH:
+        if known is None and regular and row is not None and row.sha256 and row.status != MISMATCH:
             same_remote = (row.size == info.size and (not row.etag or not info.etag or row.etag == info.etag))
             if same_remote and row.url == redact_url(req.display_url or req.url):
                 known = row.sha256
@@ -338,7 +370,8 @@ class Downloader:
         counters = _RunCounters()
         ok: bool | None = False  # None: restarting after a remote change, neither success nor failure
         try:
-            if info.size is not None and info.ranges and info.size > 0:
+            chunked = info.size is not None and info.ranges and info.size > 0
+            if chunked:
                 sha256, resumed = self._chunked(db, req, info, row, fd, part, expected, counters)
             else:
                 sha256, resumed = self._single_stream(db, session, req, info, row, fd, counters)
@@ -356,6 +389,8 @@ class Downloader:
                 os.fsync(fd)
             except OSError as exc:
                 raise os_error(exc, "cannot flush", part) from None
+            # The path we install must still be the file we wrote (and, chunked, still preallocated in full).
+            check_part(fd, part, info.size if chunked else None)
             os.close(fd)
             fd = -1
             # Recorded before the rename: a process killed between the rename and the "complete" write below
@@ -434,6 +469,8 @@ class Downloader:
         except RetryableError as exc:
             raise NetworkError(f"download of {Path(row.dest_path).name} failed after retries: {exc}",
                                hint="rerun the same command to try again") from None
+        except PartTruncated:
+            raise part_changed(row.part_path, "truncated") from None
         except OSError as exc:
             raise os_error(exc, "cannot write", row.part_path) from None
         raise AssertionError("unreachable")
@@ -551,6 +588,7 @@ class Downloader:
                         self.on_checkpoint()
                         last_hook = now
                     self._watchdog(ctx)
+                    check_part(fd, row.part_path, info.size)  # stop early, not after fetching into a lost file
                     if STOP.is_set():
                         raise Interrupted()
                     if len(finished) == len(futures):
@@ -688,6 +726,8 @@ class Downloader:
     def _raise_failure(self, failure: BaseException, row: DownloadRow) -> None:
         if isinstance(failure, RemoteChanged):
             raise failure
+        if isinstance(failure, PartTruncated):
+            raise part_changed(row.part_path, "truncated") from None
         if isinstance(failure, DiskWriteError):
             raise os_error(failure.os_error, "cannot write", row.part_path) from None
         if isinstance(failure, ModfetchError):

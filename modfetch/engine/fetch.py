@@ -59,8 +59,15 @@ class DiskWriteError(Exception):
         self.os_error = exc
 
 
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+class PartTruncated(Exception):
+    """The ``.part`` is shorter than preallocated: another program truncated it, and bytes written earlier are
+    gone.  Never retried (this write would re-extend the file with a hole); surfaced as a DiskError."""
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int, size: int) -> None:
     try:
+        if os.fstat(fd).st_size < size:
+            raise PartTruncated()
         while view:
             written = os.pwrite(fd, view, offset)
             view = view[written:]
@@ -207,7 +214,7 @@ def _stream_into(ctx: FetchContext, chunk: LiveChunk, response: requests.Respons
                     n = max(0, stop)
                 if n:
                     block = view[:n]
-                    _pwrite_all(ctx.fd, block, pos)
+                    _pwrite_all(ctx.fd, block, pos, ctx.size)
                     hasher.update(block)
                     chunk.done += n
                     got += n

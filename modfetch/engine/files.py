@@ -30,10 +30,14 @@ def os_error(exc: OSError, action: str, path: str | os.PathLike[str]) -> DiskErr
 
 
 class TargetLock:
-    """An exclusive advisory lock (``fcntl.flock``) per final path, held for the whole download."""
+    """An exclusive advisory lock (``fcntl.flock``) per final path, held for the whole download.
+
+    Keyed on the path with its folder's symlinks resolved: ``--dest /srv/models`` and ``--dest ~/models`` (a
+    link to it) name the same ``.part``, and two processes writing it at once would install a torn file."""
 
     def __init__(self, lock_dir: Path, target: Path) -> None:
-        digest = hashlib.sha1(str(target).encode()).hexdigest()[:20]
+        canonical = os.path.join(os.path.realpath(target.parent), target.name)
+        digest = hashlib.sha1(canonical.encode()).hexdigest()[:20]
         self.path = lock_dir / f"{digest}.lock"
         self.target = target
         self.fd: int | None = None
@@ -91,6 +95,30 @@ def open_part(part: Path, on_discard: Callable[[], None]) -> int:
             os.unlink(part)
             on_discard()
     return os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+def check_part(fd: int, part: Path, size: int | None = None) -> None:
+    """Raise DiskError unless ``part`` still names the file open as ``fd`` and, given ``size``, that file still
+    has its preallocated size.
+
+    Another program may delete, replace or truncate the ``.part`` (or move its folder) while we write through
+    ``fd``: installing the path would then install bytes we never fetched under the hash we computed, and a
+    write past a truncation re-extends the file with a hole of zeros."""
+    st = os.fstat(fd)
+    try:
+        named = os.lstat(part)
+    except OSError:
+        named = None
+    if named is None or (named.st_dev, named.st_ino) != (st.st_dev, st.st_ino):
+        raise part_changed(part, "removed or replaced")
+    if size is not None and st.st_size < size:
+        raise part_changed(part, "truncated")
+
+
+def part_changed(part: str | os.PathLike[str], what: str) -> DiskError:
+    """The error for a ``.part`` file another program changed under a running download."""
+    return DiskError(f"{part} was {what} by another program while downloading",
+                     hint="rerun the same command: bytes still on disk are checked again, the rest is fetched")
 
 
 def preallocate(fd: int, size: int, path: Path) -> None:

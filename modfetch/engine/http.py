@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import socket
+import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 import requests.adapters
 import urllib3.connection
 import urllib3.connectionpool
 
-from ..errors import AuthError, HTTPStatusError, NotFoundError
+from ..errors import AuthError, HTTPStatusError, NotFoundError, TLSError
 from ..util.http import parse_retry_after
 from ..util.redact import redact, redact_url
 
@@ -27,11 +29,16 @@ RETRYABLE_STATUSES = {408, 425, 429, 500, 502, 503, 504, 507, 509, 520, 521, 522
 
 
 class RetryableError(Exception):
-    """A transient failure worth retrying; ``retry_after`` is the server's requested delay, if any."""
+    """A transient failure worth retrying; ``retry_after`` is the server's requested delay, if any.
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    ``unreachable`` marks failures before any connection existed (refused, host name unknown): worth a few quick
+    retries when a server restarts mid-download, but before the first byte they are almost always a wrong
+    URL or a server that is down, so the probe gives up on them early."""
+
+    def __init__(self, message: str, retry_after: float | None = None, unreachable: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.unreachable = unreachable
 
 
 class RemoteChanged(Exception):
@@ -146,6 +153,59 @@ def host_of(url: str) -> str:
     return urlsplit(url).netloc.rsplit("@", 1)[-1].lower()
 
 
+# OpenSSL's reasons when the peer answered a ClientHello with something that is not TLS (a plain-HTTP port).
+_NOT_TLS_REASONS = {"WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "UNKNOWN_PROTOCOL"}
+_NO_ROUTE_ERRNOS = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL}
+_CA_HINT = "point REQUESTS_CA_BUNDLE or SSL_CERT_FILE at a PEM file with the CA certificates to trust"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps (requests -> urllib3 -> ssl keep the original in ``args``,
+    ``reason`` or ``__cause__``)."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack and len(seen) < 32:
+        err = stack.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        yield err
+        stack.extend(e for e in (err.__cause__, err.__context__, getattr(err, "reason", None), *err.args)
+                     if isinstance(e, BaseException))
+
+
+def tls_failure(exc: BaseException, url: str) -> TLSError | None:
+    """A final TLSError when ``exc`` is a TLS failure that retrying cannot fix, else None (a handshake cut
+    short by a reset or a timeout stays a transient network failure)."""
+    host = host_of(url)
+    for err in _causes(exc):
+        if isinstance(err, ssl.SSLCertVerificationError):
+            detail = err.verify_message or err.reason or str(err)
+            return TLSError(f"TLS certificate verification failed for {host}: {detail}",
+                            hint=f"if you trust this server, {_CA_HINT}")
+        if isinstance(err, ssl.SSLError) and err.library in ("X509", "PEM"):
+            return TLSError(f"cannot load the CA certificates to verify {host}: {err.reason or err}",
+                            hint=_CA_HINT)
+        if isinstance(err, ssl.SSLError) and err.reason in _NOT_TLS_REASONS:
+            return TLSError(f"{host} does not speak TLS ({err.reason}): is it a plain-HTTP port?",
+                            hint="check the URL's port, or use http:// if the server has no TLS")
+    return None
+
+
+def connect_failure(exc: BaseException, url: str) -> RetryableError | None:
+    """A RetryableError marked ``unreachable`` when ``exc`` means no connection could be made (refused, host
+    name not resolvable, no route), else None."""
+    host = host_of(url)
+    for err in _causes(exc):
+        if isinstance(err, ConnectionRefusedError):
+            return RetryableError(f"connection refused by {host}", unreachable=True)
+        if isinstance(err, socket.gaierror):
+            return RetryableError(f"cannot resolve the host name of {host}", unreachable=True)
+        if isinstance(err, OSError) and err.errno in _NO_ROUTE_ERRNOS:
+            return RetryableError(f"no route to {host} ({err.strerror})", unreachable=True)
+    return None
+
+
 def headers_for(url: str, base: Mapping[str, str], auth: Mapping[str, str], auth_host: str | None,
                 auth_scheme: str | None = None) -> dict[str, str]:
     """Request headers for ``url``: ``auth`` headers only when the URL is on ``auth_host`` over the same or a
@@ -157,6 +217,18 @@ def headers_for(url: str, base: Mapping[str, str], auth: Mapping[str, str], auth
     return headers
 
 
+def carries_credential(url: str, auth: Mapping[str, str]) -> bool:
+    """True when ``url`` spells one of the credentials in ``auth`` (the token of ``Bearer <token>``, verbatim or
+    percent-encoded): an endpoint that echoes the token into a redirect would hand it to another host."""
+    spelled = (url, unquote(url))
+    for value in auth.values():
+        secret = value.split(" ", 1)[-1].strip()
+        # At least 8 characters: a shorter value could match a signed URL's hex by chance and refuse it.
+        if len(secret) >= 8 and any(secret in text for text in spelled):
+            return True
+    return False
+
+
 def request(session: requests.Session, method: str, url: str, *, base_headers: Mapping[str, str],
             auth: Mapping[str, str], auth_host: str | None, timeout: tuple[float, float],
             stream: bool = True) -> tuple[requests.Response, str]:
@@ -165,10 +237,21 @@ def request(session: requests.Session, method: str, url: str, *, base_headers: M
     guard_session(session)
     for _ in range(MAX_REDIRECTS + 1):
         headers = headers_for(url, base_headers, auth, auth_host, auth_scheme)
+        if auth and not set(auth).issubset(headers) and carries_credential(url, auth):
+            # The header is withheld from this host, so the token must not reach it inside the URL either.
+            raise AuthError(f"refusing to send the token for {auth_host} to {host_of(url)}: the URL it was "
+                            "redirected to contains the token", 0,
+                            hint="the endpoint echoed the token into a redirect; check the source's endpoint")
         try:
             response = session.request(method, url, headers=headers, stream=stream, timeout=timeout,
                                        allow_redirects=False)
         except (TimeoutError, requests.ConnectionError, requests.Timeout) as exc:
+            failure = tls_failure(exc, url)  # (requests' SSLError is a ConnectionError)
+            if failure is not None:
+                raise failure from None
+            unreachable = connect_failure(exc, url)
+            if unreachable is not None:
+                raise unreachable from None
             raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None
         except requests.RequestException as exc:
             if not isinstance(exc, requests.exceptions.InvalidHeader):  # e.g. two different Content-Lengths

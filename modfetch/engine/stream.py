@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 import requests
 
 from ..util.http import header_int
-from .fetch import BLOCK
+from .fetch import BLOCK, PartTruncated
 from .http import RemoteChanged, RetryableError, check_status, request
 
 
@@ -39,6 +39,8 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
         for block in response.iter_content(BLOCK) if encoded else _raw_blocks(response, view):
             n = len(block)
             data = block if isinstance(block, memoryview) else memoryview(block)
+            if os.fstat(fd).st_size < pos:  # truncated by another program: writing on would leave a hole
+                raise PartTruncated()
             while data:  # disk errors propagate as OSError; the caller turns them into DiskError
                 written = os.pwrite(fd, data, pos)
                 pos += written

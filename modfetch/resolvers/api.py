@@ -18,8 +18,16 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from ..engine.http import REDIRECT_STATUSES, RETRYABLE_STATUSES, headers_for, host_of
-from ..errors import HTTPStatusError, NetworkError, UsageError
+from ..engine.http import (
+    REDIRECT_STATUSES,
+    RETRYABLE_STATUSES,
+    carries_credential,
+    connect_failure,
+    headers_for,
+    host_of,
+    tls_failure,
+)
+from ..errors import AuthError, HTTPStatusError, NetworkError, UsageError
 from ..util.http import parse_retry_after
 from ..util.redact import redact, redact_url, register_token_env
 
@@ -103,6 +111,19 @@ class SourceClient:
             return response, url
         raise HTTPStatusError(f"too many redirects from {redact_url(url)}", 310)
 
+    def off_host_target(self, base: str, location: str, status: int) -> str:
+        """The URL a redirect that leaves the endpoint points to (a CDN or storage URL, fetched without auth).
+        Refused when it carries this source's token: that would hand the token to the other host (or send it
+        in clear after an https -> http downgrade) inside the URL instead of the withheld header."""
+        target = redirect_target(base, location, status)
+        auth_sent = bool(self.auth) and set(self.auth).issubset(
+            headers_for(target, {}, self.auth, self.auth_host, self.auth_scheme))
+        if not auth_sent and carries_credential(target, self.auth):
+            raise AuthError(f"refusing to send the token for {self.label} to {host_of(target)}: "
+                            f"{self.auth_host} redirected there with the token in the URL", status,
+                            hint="the endpoint echoed the token into a redirect; check the source's endpoint")
+        return target
+
     def get_json(self, url: str) -> tuple[requests.Response, Any]:
         """GET a JSON document, on-host redirects followed: ``(response, parsed)``, parsed None on errors."""
         response, _ = self.send("GET", url, accept="application/json")
@@ -130,7 +151,11 @@ class SourceClient:
                 if isinstance(exc, requests.exceptions.InvalidHeader):  # malformed, not transient: no retry
                     raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} "
                                           f"{redact_url(url)}: {redact(str(exc))}", 502) from None
-                last = f"{type(exc).__name__} talking to {host_of(url)}"
+                failure = tls_failure(exc, url)  # an untrusted certificate is not transient: no retry
+                if failure is not None:
+                    raise failure from None
+                unreachable = connect_failure(exc, url)  # "connection refused" says more than "ConnectionError"
+                last = str(unreachable) if unreachable else f"{type(exc).__name__} talking to {host_of(url)}"
             except ValueError as exc:
                 # requests parses a Location even with allow_redirects=False ("Invalid IPv6 URL"): not transient.
                 raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} "

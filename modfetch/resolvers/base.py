@@ -7,6 +7,7 @@ publishes about size and hashes so the engine can verify the bytes against the s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -59,4 +60,12 @@ def make_session(config: Config, pool_size: int = 4) -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update({"User-Agent": config.network.user_agent, "Accept-Encoding": "identity"})
+    # requests trusts only certifi's bundle or REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (those still win, per
+    # request); OpenSSL's SSL_CERT_FILE / SSL_CERT_DIR, which curl and Python's ssl honour, are what private-CA
+    # setups usually export.  A path that does not exist is ignored, as OpenSSL does.
+    for variable, exists in (("SSL_CERT_FILE", os.path.isfile), ("SSL_CERT_DIR", os.path.isdir)):
+        path = os.environ.get(variable, "")
+        if path and exists(path):
+            session.verify = path
+            break
     return session

@@ -25,7 +25,7 @@ from ..util.filenames import sanitize_filename
 from ..util.http import MAX_SIZE, parse_content_disposition_filename
 from ..util.redact import redact_url
 from ..util.sizes import human_size
-from .api import SourceClient, redirect_target, token_from_env
+from .api import SourceClient, token_from_env
 from .base import ResolvedFile
 from .uris import CivitaiUri, is_civitai_browser_url, parse_civitai_browser_url, parse_civitai_uri
 
@@ -257,7 +257,7 @@ def _follow(client: SourceClient, f: File, model_id: int, version_id: int,
     disposition = parse_content_disposition_filename(response.headers.get("Content-Disposition"))
     location = response.headers.get("Location")
     if 300 <= response.status_code < 400 and location:
-        target = redirect_target(final, location, response.status_code)
+        target = client.off_host_target(final, location, response.status_code)
         name = disposition or _name_from_location(target) or api_name
         return target, sanitize_filename(name or f"civitai-{version_id}.bin"), display, {}
     if response.status_code == 200 and response.headers.get("Content-Type", "").lower().startswith("text/html"):

@@ -31,7 +31,7 @@ from ..config import Config
 from ..errors import AmbiguousChoiceError, AuthError, Candidate, HTTPStatusError, NotFoundError, UsageError
 from ..util.http import etag_value, header_int
 from ..util.redact import redact_url
-from .api import SourceClient, redirect_target, token_from_env
+from .api import SourceClient, token_from_env
 from .base import ResolvedFile
 from .uris import HfUri, is_hf_browser_url, parse_hf_browser_url, parse_hf_uri
 
@@ -207,7 +207,7 @@ class _Hub:
                                  "commit": commit, "path_in_repo": path}
         location = headers.get("Location")
         if 300 <= response.status_code < 400 and location:
-            target = redirect_target(final, location, response.status_code)
+            target = self.client.off_host_target(final, location, response.status_code)
             linked = etag_value(headers.get("X-Linked-Etag"))
             sha256 = linked.lower() if linked and _SHA256.match(linked.lower()) else None
             etag = linked or etag_value(headers.get("ETag"))

@@ -21,7 +21,7 @@ from ..state import (
     StateDB,
     pid_alive,
 )
-from ..util.redact import redact_url
+from ..util.redact import redact, redact_url
 from .render import chunk_done, cut, details_lines, table_lines
 
 SORTS = ("id", "name", "progress", "speed", "status", "updated")
@@ -65,8 +65,8 @@ class Item:
 
     @property
     def name(self) -> str:
-        """The file name."""
-        return Path(self.row.dest_path).name
+        """The file name, secrets masked (a token can end up in a name taken from a URL)."""
+        return redact(Path(self.row.dest_path).name)
 
     @property
     def fraction(self) -> float | None:
@@ -324,11 +324,13 @@ class View:
         if detail:
             list_rows = min(max(2, body // 3), body) if body >= 12 else 0
         if list_rows:
-            header, rows = table_lines(visible, width, now)
-            lines.append(Line(header, HEADER))
             shown = max(0, list_rows - 1)
             self._scroll(visible, shown)
-            for item, text in list(zip(visible, rows, strict=True))[self.top:self.top + shown]:
+            # Format only the rows on screen: this runs every frame, and a DB can hold thousands of downloads.
+            page = visible[self.top:self.top + shown]
+            header, rows = table_lines(page, width, now)
+            lines.append(Line(header, HEADER))
+            for item, text in zip(page, rows, strict=True):
                 lines.append(Line(text, SELECTED if item.id == self.selected_id else NORMAL))
             if not visible and shown:
                 empty = "no downloads match the filter" if self.items else (

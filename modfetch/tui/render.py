@@ -6,6 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..state import CHUNK_COMPLETE, RUNNING, ChunkRow
+from ..util import termtext
 from ..util.redact import redact, redact_url
 from ..util.sizes import human_size
 
@@ -72,10 +73,9 @@ def chunk_map(chunks: list[ChunkRow], size: int | None, width: int) -> str:
 
 
 def cut(text: str, width: int) -> str:
-    """Fit ``text`` into ``width`` columns, marking the cut with ``~``."""
-    if width <= 0:
-        return ""
-    return text if len(text) <= width else text[: width - 1] + "~"
+    """Fit ``text`` into ``width`` terminal columns, marking the cut with ``~``; control and bidi characters
+    become ``?`` (every line on screen passes through here, so DB text never reaches the terminal raw)."""
+    return termtext.cut(text, width)
 
 
 # -- the table -------------------------------------------------------------------------------------------
@@ -129,11 +129,9 @@ def table_lines(items: list[Item], width: int, now: float) -> tuple[str, list[st
     layout = columns_for(width)
 
     def line(values: list[str]) -> str:
-        parts = []
-        for (_name, w, right), value in zip(layout, values, strict=True):
-            value = cut(value, w)
-            parts.append(value.rjust(w) if right else value.ljust(w))
-        return " ".join(parts)[:width].ljust(width)
+        # Padding by columns, not characters: a CJK or emoji file name must not push later columns right.
+        parts = [termtext.fit(value, w, right) for (_name, w, right), value in zip(layout, values, strict=True)]
+        return termtext.fit(" ".join(parts), width)
 
     header = line(["" if n == "BAR" else n for n, _w, _r in layout])
     rows = [line([_cell(item, n, w, now) for n, w, _r in layout]) for item in items]
@@ -174,7 +172,7 @@ def details_lines(item: Item, width: int, now: float) -> list[str]:
     add("error", r.error)
     if item.placements:
         lines.append("  placements:")
-        lines.extend(f"    {p.app:<10} {p.mode:<8} {p.target_path}" for p in item.placements)
+        lines.extend(redact(f"    {p.app:<10} {p.mode:<8} {p.target_path}") for p in item.placements)
     else:
         lines.append("  placements: none")
     if item.chunks:

@@ -1,7 +1,8 @@
 """The thin curses layer of ``modfetch tui``: poll the DB (read-only), draw ``View.render``, map keys.
 
 ``curses.wrapper`` restores the terminal on every exit path (q, an exception, Ctrl-C, SIGTERM raised as
-KeyboardInterrupt by the CLI).  Colours are used only when the terminal has them and ``NO_COLOR`` is unset.
+KeyboardInterrupt by the CLI, SIGHUP and SIGQUIT raised here).  Colours are used only when the terminal has them
+and ``NO_COLOR`` is unset.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import curses
 import os
+import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import ModfetchError
+from ..errors import ModfetchError, UsageError
 from ..state import StateDB, open_state
 from .model import DIM, ERROR, FOOTER, HEADER, SELECTED, TITLE, SpeedTracker, View, read_items
 
@@ -34,18 +37,36 @@ def key_name(code: int) -> str | None:
     return None
 
 
+# How long one poll waits for a writer's lock: the screen and its keys stay live while a process (or a user's
+# sqlite3 shell) holds the DB; the next poll tries again.
+POLL_BUSY_TIMEOUT = 0.25
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class _Poller:
-    """Holds the read-only connection; reopens it when the DB appears or after an error."""
+    """Holds the read-only connection; reopens it when the DB appears, is replaced, or after an error."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.db: StateDB | None = None
+        self.identity: tuple[int, int] | None = None
         self.speeds = SpeedTracker()
 
     def poll(self, view: View) -> None:
         try:
+            # An open connection keeps reading a deleted or replaced file forever: follow the path instead.
+            if self.db is not None and _identity(self.path) != self.identity:
+                self.close()
             if self.db is None:
-                self.db = open_state(self.path, readonly=True)
+                self.identity = _identity(self.path)
+                self.db = open_state(self.path, readonly=True, busy_timeout=POLL_BUSY_TIMEOUT)
             detail = view.selected_id if view.mode == "details" else None
             view.set_items(read_items(self.db, detail_id=detail))
             self.speeds.update(view.items, time.monotonic())
@@ -57,6 +78,9 @@ class _Poller:
         except sqlite3.Error as exc:
             self.close()
             view.message = f"! cannot read {self.path}: {exc}; retrying"
+        except (TypeError, ValueError, OverflowError) as exc:  # a hand-edited chunk row, say: say so, keep going
+            self.close()
+            view.message = f"! unreadable data in {self.path}: {exc}; retrying"
 
     def close(self) -> None:
         if self.db is not None:
@@ -126,13 +150,55 @@ def _loop(stdscr: curses.window, path: Path, interval: float) -> int:
         poller.close()
 
 
-def run(path: Path, interval: float = 1.0) -> int:
-    """Run the dashboard until ``q`` (or Ctrl-C); returns the exit status (0)."""
-    os.environ.setdefault("ESCDELAY", "25")  # Esc closes things at once, not after a second
+class _Signalled(BaseException):
+    """SIGHUP or SIGQUIT arrived: unwind through ``curses.wrapper`` so it restores the terminal (a
+    BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signalled(signum: int, _frame: object) -> None:
+    raise _Signalled(signum)
+
+
+@contextlib.contextmanager
+def _restoring_signals() -> Iterator[None]:
+    """Their default actions kill the process with the terminal still in cbreak/no-echo mode and the
+    alternate screen up (Ctrl-\\ sends SIGQUIT; closing an ssh session or ``kill -HUP`` sends SIGHUP)."""
+    previous = {signum: signal.signal(signum, _raise_signalled) for signum in (signal.SIGHUP, signal.SIGQUIT)}
     try:
-        return int(curses.wrapper(_loop, path, interval))
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def check_terminal() -> None:
+    """UsageError unless ``$TERM`` names a terminal curses can drive (known, with cursor addressing)."""
+    term = os.environ.get("TERM", "")
+    try:
+        curses.setupterm(term or None)
+        addressable = curses.tigetstr("cup") is not None
+    except curses.error:
+        addressable = False
+    if not addressable:
+        raise UsageError(f"modfetch tui cannot drive this terminal (TERM={term or 'unset'})",
+                         hint="set TERM to your terminal (e.g. xterm-256color), or use 'modfetch status --watch'")
+
+
+def run(path: Path, interval: float = 1.0) -> int:
+    """Run the dashboard until ``q`` (or Ctrl-C); returns the exit status (0, or 128 + SIGHUP/SIGQUIT)."""
+    os.environ.setdefault("ESCDELAY", "25")  # Esc closes things at once, not after a second
+    check_terminal()
+    try:
+        with _restoring_signals():
+            return int(curses.wrapper(_loop, path, interval))
     except KeyboardInterrupt:
         return 0
+    except _Signalled as exc:
+        return 128 + exc.signum
 
 
-__all__ = ["key_name", "run"]
+__all__ = ["check_terminal", "key_name", "run"]

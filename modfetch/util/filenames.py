@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from ..errors import UsageError
+from ..paths import require_utf8
 
 # C0/C1 controls, and the bidirectional controls that let a name display as something else
 # ("evil\u202egnp.exe" shows as "evilexe.png"); the zero-width joiner stays (emoji, Indic scripts).
@@ -19,16 +20,29 @@ FALLBACK_NAME = "download.bin"
 
 def sanitize_filename(name: str | None, fallback: str = FALLBACK_NAME) -> str:
     """One safe path component: no separators, no ``..``, no control characters, never empty or hidden-dot."""
+    cleaned = _clean(name)
+    return _shorten(cleaned) if cleaned else fallback
+
+
+def _clean(name: str | None) -> str:
+    """``name`` without separators, control characters or leading/trailing dots ("" when nothing is left)."""
     if not name:
-        return fallback
+        return ""
     name = unicodedata.normalize("NFC", name)
     # Only the last path component of whatever was given counts (``../../x.pt`` -> ``x.pt``).
     name = re.split(r"[/\\]", name)[-1]
     # Strip dots and spaces until none lead or trail (". .x" must not become the hidden ".x").
     name = re.sub(r"^[\s.]+|[\s.]+$", "", _CONTROL.sub("", name))
     name = name.replace(":", "_")
-    if not name or name in {".", ".."}:
-        return fallback
+    if name.lower().endswith(".part"):
+        # "<x>.part" is where <x> is downloaded: a later download of <x> would delete this file as its own
+        # stale leftover, so the server's "model.bin.part" is saved as "model.bin_part".
+        name = name[:-5] + "_" + name[-4:]
+    return "" if name in {".", ".."} else name
+
+
+def _shorten(name: str) -> str:
+    """``name`` cut to _MAX_NAME_BYTES of UTF-8, keeping a short extension."""
     encoded = name.encode("utf-8")
     if len(encoded) > _MAX_NAME_BYTES:
         _stem, dot, ext = name.rpartition(".")
@@ -43,12 +57,17 @@ def check_plain_filename(name: str, what: str) -> str:
 
     Used for names the user typed (``--out``, a batch job's ``name``): silently saving somewhere other
     than asked would surprise, so the error suggests the safe spelling instead."""
+    require_utf8(name, what)
     safe = sanitize_filename(name, fallback="")
+    if name and _clean(name) == name and safe != name:
+        # Only shortened: say so (the generic message would send the user hunting for a bad character).
+        raise UsageError(f"{what} is {len(name.encode('utf-8'))} bytes long; at most {_MAX_NAME_BYTES} bytes fit "
+                         "(with room for .part and .sha256 within the file system's 255)", hint=f"e.g. {safe!r}")
     if not name or safe != name:
         hint = f"e.g. {safe!r}; use --dest or a job's dest for the folder" if safe else \
             "use --dest or a job's dest for the folder"
-        raise UsageError(f"{what} must be a plain file name (no '/', ':', control characters or leading "
-                         f"dots), got {name!r}", hint=hint)
+        raise UsageError(f"{what} must be a plain file name (no '/', ':', control characters, leading "
+                         f"dots or '.part' ending), got {name!r}", hint=hint)
     return name
 
 

@@ -10,6 +10,10 @@ from urllib.parse import unquote
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.I)
+# ``; name=value`` (or a bare ``name=value`` with no disposition type before it), the value a quoted string
+# (escapes allowed) or a token running to the next ';'.
+_DISPOSITION_PARAM = re.compile(r'(?:^|;)\s*([^\s;=]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*))')
+_EXT_VALUE = re.compile(r"^([^']*)'[^']*'(.*)$", re.S)  # charset'language'value
 MAX_SIZE = (1 << 63) - 1  # no file is larger (off_t, SQLite INTEGER): a bigger number is a malformed header
 
 
@@ -77,26 +81,41 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def _disposition_params(value: str) -> dict[str, str]:
+    """The parameters of a Content-Disposition value: names lower-cased, quoted strings unescaped, the first of
+    a repeated name kept.  Parsed as whole ``; name=value`` pairs so that neither ``xfilename=`` nor a
+    ``filename=`` inside another parameter's quoted value counts as the file name."""
+    params: dict[str, str] = {}
+    for match in _DISPOSITION_PARAM.finditer(value):
+        name, quoted, token = match.group(1).lower(), match.group(2), match.group(3)
+        text = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else token.strip()
+        params.setdefault(name, text)
+    return params
+
+
+def _decode_ext_value(raw: str) -> str:
+    """An RFC 5987 ``charset'language'percent-encoded`` value (the language may be empty or a tag, e.g.
+    ``UTF-8'en'%E2%82%AC.bin``); a value without the two quotes is taken as plain percent-encoded UTF-8."""
+    match = _EXT_VALUE.match(raw)
+    if match is None:
+        return unquote(raw)
+    charset, encoded = match.group(1) or "utf-8", match.group(2)
+    try:
+        return unquote(encoded, encoding=charset, errors="replace")
+    except (LookupError, ValueError):  # an unknown charset, or a codec like idna that fails on any bytes
+        return unquote(encoded, errors="replace")  # UTF-8 is the best guess
+
+
 def parse_content_disposition_filename(value: str | None) -> str | None:
     """The file name from Content-Disposition (RFC 6266 ``filename*`` wins over ``filename``), unsanitised."""
     if not value:
         return None
-    star = re.search(r"filename\*\s*=\s*([^;]+)", value, re.I)
-    if star:
-        raw = star.group(1).strip().strip('"')
-        if "''" in raw:
-            charset, _, encoded = raw.partition("''")
-            try:
-                return unquote(encoded, encoding=charset or "utf-8", errors="replace")
-            except LookupError:
-                return unquote(encoded)
-        return unquote(raw)
-    plain = re.search(r'filename\s*=\s*("((?:[^"\\]|\\.)*)"|[^;]+)', value, re.I)
-    if plain:
-        if plain.group(2) is not None:
-            return re.sub(r"\\(.)", r"\1", plain.group(2))
-        return plain.group(1).strip()
-    return None
+    params = _disposition_params(value)
+    if params.get("filename*"):
+        decoded = _decode_ext_value(params["filename*"])
+        if decoded:
+            return decoded
+    return params.get("filename")
 
 
 def strong_etag(value: str | None) -> str | None:

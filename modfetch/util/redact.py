@@ -5,25 +5,26 @@ Every log handler, error message, DB URL column and metrics label goes through `
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 # Environment variables whose values are secrets wherever they appear.
 TOKEN_ENV_VARS: set[str] = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "CIVITAI_TOKEN"}
-_SECRET_PARAMS = re.compile(
-    r"^(token|access_token|api_key|apikey|key|sig|signature|x-amz-signature|x-amz-credential|"
-    r"x-amz-security-token|x-goog-signature|x-goog-credential|policy|se|sv|skoid|sktid|hmac|auth)$",
-    re.I,
+# Query parameter names whose values are secrets: exact names, plus any name containing token, secret,
+# password, signature or credential (``access_token``, ``client_secret``, ``X-Amz-Security-Token``, ...).
+# One list for URLs (``redact_url``) and free text (``redact``: urllib3's debug lines print request targets).
+_SECRET_PARAM_NAMES = (
+    r"key|api[_-]?key|sig|auth|hmac|policy|key-pair-id|pass|pwd|se|sv|skoid|sktid|"
+    r"[\w.-]*(?:token|secret|passw(?:or)?d|signature|credential)[\w.-]*"
 )
+_SECRET_PARAMS = re.compile(rf"^(?:{_SECRET_PARAM_NAMES})$", re.I)
 _AUTH_HEADER = re.compile(r"(?i)\b(authorization|proxy-authorization|cookie)(['\"]?\s*[:=]\s*['\"]?)([^'\"\n,}]+)")
 _BEARER = re.compile(r"(?i)\b(bearer|token)\s+[A-Za-z0-9._~+/=-]{6,}")
-_QUERY_SECRET = re.compile(
-    r"(?i)([?&](?:token|access_token|api_key|apikey|sig|signature|x-amz-signature|x-amz-credential|"
-    r"x-amz-security-token|x-goog-signature|x-goog-credential|policy|key-pair-id|hmac)=)[^&#\s'\"]+"
-)
+_QUERY_SECRET = re.compile(rf"(?i)([?&;](?:{_SECRET_PARAM_NAMES})=)[^&#\s'\"]+")
 
 
 def register_token_env(names: Iterable[str]) -> None:
@@ -31,10 +32,24 @@ def register_token_env(names: Iterable[str]) -> None:
     TOKEN_ENV_VARS.update(n for n in names if n)
 
 
+@functools.lru_cache(maxsize=64)  # redact() runs for every log record; the token values rarely change
+def _spellings(value: str) -> frozenset[str]:
+    """``value`` verbatim and percent-encoded as URLs spell it (a token with ``/+=&`` echoed into a URL path or
+    query, and ``redact_url``'s own re-encoding), with upper- and lower-case hex digits."""
+    forms = {value}
+    for safe in ("", "/", "*/:"):
+        for encoded in (quote(value, safe=safe), quote_plus(value, safe=safe)):
+            forms.add(encoded)
+            forms.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), encoded))
+    return frozenset(forms)
+
+
 def secret_values() -> list[str]:
-    """The current values of every token variable (at least 4 characters, to avoid masking noise)."""
+    """Every spelling of every token variable's value (values of at least 4 characters, to avoid masking
+    noise), longest first."""
     values = {os.environ.get(name, "") for name in TOKEN_ENV_VARS}
-    return sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
+    forms = {form for v in values if len(v) >= 4 for form in _spellings(v)}
+    return sorted(forms, key=len, reverse=True)
 
 
 def redact(text: str) -> str:
