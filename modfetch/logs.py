@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from .util import termtext
@@ -46,13 +47,14 @@ def parse_level(name: str) -> int:
     return _LEVELS.get((name or "info").lower(), logging.INFO)
 
 
-def _redact_value(value: Any) -> Any:
+def _map_strings(value: Any, convert: Callable[[str], str]) -> Any:
+    """``value`` with ``convert`` applied to every string inside it (dicts, lists and tuples walked)."""
     if isinstance(value, str):
-        return redact(value)
+        return convert(value)
     if isinstance(value, dict):
-        return {k: _redact_value(v) for k, v in value.items()}
+        return {k: _map_strings(v, convert) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_redact_value(v) for v in value]
+        return [_map_strings(v, convert) for v in value]
     return value
 
 
@@ -68,18 +70,8 @@ def utf8_text(text: str) -> str:
 
 def terminal_text(text: str) -> str:
     """``utf8_text(text)`` on one line with control and bidi characters shown as ``?``: server and DB text in a
-    message must not reach a terminal as escape sequences (``\x1b[2J`` clears the screen) or extra lines."""
+    message must not reach a terminal as escape sequences (``\\x1b[2J`` clears the screen) or extra lines."""
     return termtext.printable(utf8_text(text))
-
-
-def _utf8_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return utf8_text(value)
-    if isinstance(value, dict):
-        return {k: _utf8_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_utf8_value(v) for v in value]
-    return value
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -98,7 +90,7 @@ class RedactionFilter(logging.Filter):
         record.msg = redact(message)
         record.args = None
         for key, value in extra_fields(record).items():
-            record.__dict__[key] = _redact_value(value)
+            record.__dict__[key] = _map_strings(value, redact)
         return True
 
 
@@ -148,10 +140,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
         }
         for key, value in extra_fields(record).items():
-            payload.setdefault(key, _redact_value(value))
+            payload.setdefault(key, _map_strings(value, redact))
         if record.exc_info:
             payload["exc"] = redact(self.formatException(record.exc_info))
-        return json.dumps(_utf8_value(payload), default=lambda o: utf8_text(redact(str(o))),
+        return json.dumps(_map_strings(payload, utf8_text), default=lambda o: utf8_text(redact(str(o))),
                           ensure_ascii=False)
 
 

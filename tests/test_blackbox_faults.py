@@ -57,11 +57,12 @@ class RawServer:
     handler: Handler
     requests: list[Req] = field(default_factory=list)
     stop_event: threading.Event = field(default_factory=threading.Event)
+    host: str = "127.0.0.1"  # "::1" for IPv6
 
     def __post_init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((self.host, 0))
         self.sock.listen(64)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]

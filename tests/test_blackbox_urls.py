@@ -60,21 +60,6 @@ class TlsServer(RawServer):
         super()._serve(tls)
 
 
-@dataclass
-class V6Server(RawServer):
-    """A RawServer on ``[::1]``."""
-
-    def __post_init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("::1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-
 class PlainAnswerer:
     """A plain-HTTP server that answers whatever arrives (a TLS ClientHello too) with ``400 Bad Request``,
     as nginx or ``http.server`` do when spoken to with https://."""
@@ -136,7 +121,7 @@ def servers() -> Iterator[Callable[..., RawServer]]:
 
     def start(handler: Handler, tls: Cert | None = None, v6: bool = False) -> RawServer:
         if v6:
-            server: RawServer = V6Server(handler)
+            server: RawServer = RawServer(handler, host="::1")
         elif tls is not None:
             tls_server = TlsServer(handler)
             tls_server.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
