@@ -187,13 +187,20 @@ def _describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _shown(value: Any) -> str:
+    """``value`` for an error message, never a container's repr (an alias bomb would expand in repr)."""
+    from .util.yamltext import describe_value  # imported here: YAML is imported lazily, see parse_config
+
+    return describe_value(value)
+
+
 def _convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return _build(tp, value, where)
     if origin is Literal:
         if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: must be one of {_describe(tp)}, got {value!r}")
+            raise ConfigError(f"{where}: must be one of {_describe(tp)}, got {_shown(value)}")
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -209,23 +216,23 @@ def _convert(tp: Any, value: Any, where: str, meta: Mapping[str, Any]) -> Any:
         raise TypeError("unions are not supported in config fields")
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+            raise ConfigError(f"{where}: must be true or false, got {_shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: must be a whole number, got {value!r}")
+            raise ConfigError(f"{where}: must be a whole number, got {_shown(value)}")
         if value < 0:
             raise ConfigError(f"{where}: must not be negative, got {value}")
         return _in_range(value, where, meta)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: must be a number, got {value!r}")
+            raise ConfigError(f"{where}: must be a number, got {_shown(value)}")
         if not math.isfinite(value) or value <= 0:
             raise ConfigError(f"{where}: must be a positive finite number, got {value}")
         return float(_in_range(value, where, meta))
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: must be a string, got {value!r}")
+            raise ConfigError(f"{where}: must be a string, got {_shown(value)}")
         text = str(value)
         if "\x00" in text:  # no path, variable name or header can hold NUL (the OS raises ValueError)
             raise ConfigError(f"{where}: must not contain a NUL character")

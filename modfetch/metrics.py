@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import ModfetchError
-from .state import FINISHED_STATUSES, RUNNING, StateDB, pid_alive
+from .state import RUNNING, StateDB, pid_alive
 from .util.redact import redact
 
 log = logging.getLogger("modfetch.metrics")
@@ -75,13 +75,11 @@ def collect(db: StateDB, now: float | None = None) -> Snapshot:
     for (name, labels), value in db.counters().items():
         key = (name, parse_labels(labels))
         snap.counters[key] = snap.counters.get(key, 0.0) + value
-    finished = [r for r in db.list_downloads(statuses=list(FINISHED_STATUSES)) if r.finished_at]
-    if finished:
-        last = max(finished, key=lambda r: r.finished_at or 0.0)
+    last = db.latest_finished()
+    if last is not None:
         snap.last_success_timestamp_seconds = last.finished_at
-        timed = [r for r in finished if r.started_at]
-        if timed:
-            latest = max(timed, key=lambda r: r.finished_at or 0.0)
+        latest = db.latest_finished(timed=True)
+        if latest is not None:
             snap.last_duration_seconds = max(0.0, (latest.finished_at or 0.0) - (latest.started_at or 0.0))
     snap.in_progress = sum(1 for r in db.list_downloads(statuses=[RUNNING]) if pid_alive(r.pid))
     return snap
@@ -101,7 +99,7 @@ def render(snap: Snapshot) -> str:
             lines.append(f"{metric}{{{rendered}}} {format_value(series[labels])}" if rendered
                          else f"{metric} {format_value(series[labels])}")
     gauges = [
-        ("modfetch_last_download_duration_seconds", "Wall time of the most recently finished download.",
+        ("modfetch_last_download_duration_seconds", "Wall time of the most recent successful download.",
          snap.last_duration_seconds),
         ("modfetch_last_success_timestamp_seconds", "Unix time the most recent successful download finished.",
          snap.last_success_timestamp_seconds),

@@ -407,6 +407,20 @@ class StateDB:
         rows = self.conn.execute(sql + " ORDER BY id DESC", args).fetchall()
         return [self._download(r) for r in rows]
 
+    def latest_finished(self, timed: bool = False) -> DownloadRow | None:
+        """The finished download with the latest (sane, non-zero) ``finished_at``; with ``timed`` the latest one
+        that also has a ``started_at``.  SQLite picks it: metrics ask at every checkpoint, and decoding every row
+        of a history that grows with each download made a batch of N jobs cost O(N * history)."""
+        sane = "typeof({0}) IN ('integer', 'real') AND {0} > 0 AND {0} <= ?"  # what _sane_number keeps, and truthy
+        sql = f"SELECT * FROM downloads WHERE status IN ({', '.join('?' for _ in FINISHED_STATUSES)}) AND "
+        sql += sane.format("finished_at")
+        args: list[Any] = [*FINISHED_STATUSES, _MAX_TIMESTAMP]
+        if timed:
+            sql += " AND " + sane.format("started_at")
+            args.append(_MAX_TIMESTAMP)
+        row = self.conn.execute(sql + " ORDER BY finished_at DESC, id DESC LIMIT 1", args).fetchone()
+        return self._download(row) if row is not None else None
+
     def delete_download(self, download_id: int) -> None:
         """Forget a download and its chunks."""
         self.conn.execute("DELETE FROM downloads WHERE id = ?", (download_id,))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from modfetch.app.place import PlaceOptions, place_download, place_file
 from modfetch.config import Config, load_config
@@ -303,6 +304,9 @@ def test_no_apps_configured_is_a_clear_error(apps: Apps, tmp_path: Path) -> None
     assert result.exit_code == 2
     assert_clean_error(result.stderr, "no apps configured")
     assert "comfyui: {preset: comfyui" in result.stderr
+    # The snippet must survive the terminal-safety filter as lines that paste into the config as YAML.
+    snippet = result.stderr.split("e.g.\n", 1)[1].split("  see docs", 1)[0]
+    assert yaml.safe_load(snippet)["placement"]["apps"]["comfyui"] == {"preset": "comfyui", "base": "~/ComfyUI"}
 
 
 def test_missing_app_base_fails_that_target_only(apps: Apps, tmp_path: Path) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import os
+import re
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,13 +31,15 @@ from ..progress import ProgressListener
 from ..state import open_state
 from ..util.filenames import sanitize_filename
 from ..util.redact import redact, redact_url
-from ..util.yamltext import load_yaml
+from ..util.yamltext import describe_value, load_yaml
 from .download import DownloadOptions, download_uri
 from .place import PlaceOptions, PlaceReport, configured_apps, place_download
 
 log = logging.getLogger("modfetch.batch")
 JOB_KEYS = ("uri", "dest", "name", "sha256", "type", "place")
 _SCHEMES = ("http://", "https://", "hf://", "civitai://")
+MAX_BATCH_BYTES = 16 << 20  # ~100,000 jobs; more is a mistake like --batch /dev/zero, which must not eat memory
+_VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)  # what os.path.expandvars expands
 
 
 class BatchError(UsageError):
@@ -83,13 +88,16 @@ class BatchSummary:
 
 def _fail(source: str, where: str, message: str) -> BatchError:
     where = where if where.isprintable() else repr(where)  # a key holding a newline must not split the line
+    where = where if len(where) <= 100 else f"{where[:100]}..."  # a 1 MB key is not a useful message
     return BatchError(f"{source}: {where}: {message}",
                       hint="each job is a mapping with uri (required), dest, name, sha256, type, place; "
                       "see docs/PLACEMENT.md")
 
 
-def parse_batch(text: str, source: str) -> list[BatchJob]:
-    """Parse and validate batch YAML; the first problem raises BatchError naming ``jobs[i].key``."""
+def parse_batch(text: str, source: str, base: Path | None = None) -> list[BatchJob]:
+    """Parse and validate batch YAML; the first problem raises BatchError naming ``jobs[i].key``.
+
+    A relative ``dest`` starts at ``base`` (the batch file's folder), else at the current directory."""
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:
@@ -104,7 +112,7 @@ def parse_batch(text: str, source: str) -> list[BatchJob]:
     raw_jobs = data["jobs"]
     if not isinstance(raw_jobs, list) or not raw_jobs:
         raise _fail(source, "jobs", "must be a non-empty list")
-    jobs = [_parse_job(source, i, raw) for i, raw in enumerate(raw_jobs)]
+    jobs = [_parse_job(source, i, raw, base) for i, raw in enumerate(raw_jobs)]
     _check_duplicates(source, jobs)
     return jobs
 
@@ -125,12 +133,25 @@ def _check_duplicates(source: str, jobs: list[BatchJob]) -> None:
                             f"jobs[{first}] already writes {job.name!r} to the same dest")
 
 
-def _parse_job(source: str, index: int, raw: Any) -> BatchJob:
+def _dest_path(source: str, where: str, value: str, base: Path | None) -> Path:
+    """``dest`` with ``~`` and ``$VARS`` expanded; relative to ``base`` (the batch file's folder), not the cwd:
+    cron starts in ``$HOME``, systemd in ``/``, and the same jobs file must mean the same folders everywhere."""
+    unset = [name.strip("{}") for name in _VARIABLE.findall(value) if name.strip("{}") not in os.environ]
+    if unset:  # expandvars would keep "$NAME" literally and download into a folder of that name
+        raise _fail(source, where, f"environment variable ${unset[0]} is not set (cron's environment is small: "
+                    "set it in the crontab or write the path out)")
+    expanded = Path(os.path.expandvars(os.path.expanduser(value)))
+    if base is None or expanded.is_absolute():
+        return expand_path(value)
+    return base / expanded
+
+
+def _parse_job(source: str, index: int, raw: Any, base: Path | None = None) -> BatchJob:
     where = f"jobs[{index}]"
     if isinstance(raw, str):
         raw = {"uri": raw}
     if not isinstance(raw, dict):
-        raise _fail(source, where, f"must be a mapping, got {type(raw).__name__}")
+        raise _fail(source, where, f"must be a mapping, got {describe_value(raw)}")
     for key in raw:
         if key not in JOB_KEYS:
             raise _fail(source, f"{where}.{key}", f"unknown key (known: {', '.join(JOB_KEYS)})")
@@ -140,19 +161,19 @@ def _parse_job(source: str, index: int, raw: Any) -> BatchJob:
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            raise _fail(source, f"{where}.{key}", f"must be a non-empty string, got {value!r}")
+            raise _fail(source, f"{where}.{key}", f"must be a non-empty string, got {describe_value(value)}")
         return value.strip()
 
     uri = text("uri")
     if uri is None:
         raise _fail(source, f"{where}.uri", "is required")
     if not uri.lower().startswith(_SCHEMES):
-        raise _fail(source, f"{where}.uri", f"unsupported URI {redact_url(uri)!r} "
+        raise _fail(source, f"{where}.uri", f"unsupported URI {describe_value(redact_url(uri))} "
                     "(use http(s)://, hf://owner/repo/path or civitai://model/ID)")
     dest = text("dest")
     name = text("name")
     if name is not None and sanitize_filename(name) != name:
-        raise _fail(source, f"{where}.name", f"must be a plain file name, got {name!r}")
+        raise _fail(source, f"{where}.name", f"must be a plain file name, got {describe_value(name)}")
     sha256 = text("sha256")
     if sha256 is not None:
         sha256 = sha256.lower()
@@ -160,20 +181,31 @@ def _parse_job(source: str, index: int, raw: Any) -> BatchJob:
             raise _fail(source, f"{where}.sha256", "must be 64 hex digits")
     artifact_type = text("type")
     if artifact_type is not None and artifact_type not in TYPES:
-        raise _fail(source, f"{where}.type", f"unknown type {artifact_type!r} (known: {', '.join(TYPES)})")
+        raise _fail(source, f"{where}.type",
+                    f"unknown type {describe_value(artifact_type)} (known: {', '.join(TYPES)})")
     place = raw.get("place")
     if place is not None and not isinstance(place, bool):
-        raise _fail(source, f"{where}.place", f"must be true or false, got {place!r}")
-    return BatchJob(index, uri, expand_path(dest) if dest else None, name, sha256, artifact_type, place)
+        raise _fail(source, f"{where}.place", f"must be true or false, got {describe_value(place)}")
+    dest_path = _dest_path(source, f"{where}.dest", dest, base) if dest else None
+    return BatchJob(index, uri, dest_path, name, sha256, artifact_type, place)
 
 
-def load_batch(path: Path) -> list[BatchJob]:
-    """Read and validate a batch file."""
+def load_batch(path: Path | None) -> list[BatchJob]:
+    """Read and validate a batch file (``None``: standard input, whose relative dests start at the cwd)."""
+    where = "standard input" if path is None else str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path is None:
+            data = sys.stdin.buffer.read(MAX_BATCH_BYTES + 1)
+        else:
+            with path.open("rb") as fh:
+                data = fh.read(MAX_BATCH_BYTES + 1)
+        if len(data) > MAX_BATCH_BYTES:
+            raise BatchError(f"batch file {where} is larger than {MAX_BATCH_BYTES >> 20} MiB",
+                             hint="split it into several batch files")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise BatchError(f"cannot read batch file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return parse_batch(text, str(path))
+        raise BatchError(f"cannot read batch file {where}: {getattr(exc, 'strerror', None) or exc}") from None
+    return parse_batch(text, "<stdin>" if path is None else where, None if path is None else path.parent)
 
 
 def run_batch(config: Config, jobs: list[BatchJob], progress: Callable[[], ProgressListener], *,

@@ -29,7 +29,8 @@ log = logging.getLogger("modfetch.place")
 
 WOULD_PLACE, FAILED = "would-place", "failed"
 NO_APPS_HINT = (
-    "add the apps to place into to your config (modfetch.yml / $XDG_CONFIG_HOME/modfetch/config.yml), e.g.\n"
+    "list the apps to place into under placement.apps in your config file (--config, $MODFETCH_CONFIG or "
+    "$XDG_CONFIG_HOME/modfetch/config.yml), e.g.\n"
     "    placement:\n"
     "      apps:\n"
     "        comfyui: {preset: comfyui, base: ~/ComfyUI}\n"

@@ -173,7 +173,9 @@ def _report(ctx: click.Context | None, error: ModfetchError) -> None:
         return
     click.echo(f"modfetch: error: {terminal_text(redact(error.message))}", err=True)
     if error.hint:
-        click.echo(f"  hint: {terminal_text(redact(error.hint))}", err=True)
+        # A hint may be several lines on purpose (a config snippet to paste); each line is made terminal-safe.
+        hint = "\n".join(terminal_text(line) for line in redact(error.hint).split("\n"))
+        click.echo(f"  hint: {hint}", err=True)
 
 
 @click.group(cls=ModfetchGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

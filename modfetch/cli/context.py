@@ -67,7 +67,9 @@ def global_options(func: F) -> F:
                      callback=_store("log_level"), help="Log verbosity (default from config: info)."),
         # Eager, so a bad value of another option is already reported as JSON.
         click.option("--json", "json_output", is_flag=True, default=False, expose_value=False, is_eager=True,
-                     callback=_store("json_output"), help="JSON-lines logs on stderr; JSON output for status."),
+                     callback=_store("json_output"),
+                     help="JSON-lines logs and errors on stderr; JSON results on stdout (download, place, type, "
+                          "status)."),
         click.option("--quiet", "-q", is_flag=True, default=False, expose_value=False, callback=_store("quiet"),
                      help="No progress bars (errors are still printed)."),
     ]

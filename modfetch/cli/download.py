@@ -29,8 +29,8 @@ from .progress import progress_factory
 @click.option("--place", is_flag=True, help="Place each verified file into the configured apps.")
 @click.option("--type", "artifact_type", type=click.Choice(list(TYPES)),
               help="Artifact type for placement (skips detection).")
-@click.option("--batch", "batch_file", type=click.Path(exists=True, dir_okay=False),
-              help="Run the jobs of a batch YAML file (see docs/PLACEMENT.md).")
+@click.option("--batch", "batch_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+              help="Run the jobs of a batch YAML file ('-': standard input; see docs/PLACEMENT.md).")
 @global_options
 @pass_state
 def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
@@ -49,6 +49,12 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
         if targets:
             raise UsageError("--batch cannot be combined with URLs",
                              hint="add them as jobs to the batch file")
+        # Per-file options would otherwise be dropped without a word: each job carries its own.
+        ignored = [flag for flag, value in (("--dest", dest), ("--out", out), ("--sha256", sha256),
+                                            ("--pick", pick)) if value]
+        if ignored:
+            raise UsageError(f"{', '.join(ignored)} cannot be combined with --batch",
+                             hint="set a job's dest, name or sha256 in the batch file (see docs/PLACEMENT.md)")
         return run_batch_cli(state, batch_file, place=place, artifact_type=artifact_type,
                              force=force, concurrency=concurrency,
                              chunk_size=parse_size(chunk_size) if chunk_size is not None else None)

@@ -116,7 +116,7 @@ class Placer:
 def run_batch_cli(state: CliState, batch_file: str, *, place: bool, artifact_type: str | None, force: bool,
                   concurrency: int | None, chunk_size: int | None) -> None:
     """``download --batch FILE``: validate every job first, run them, print a summary, fail if any failed."""
-    jobs = load_batch(expand_path(batch_file))
+    jobs = load_batch(None if batch_file == "-" else expand_path(batch_file))
     summary = run_batch(state.config, jobs, progress_factory(state.quiet, state.json_output), place=place,
                         place_options=PlaceOptions(artifact_type=artifact_type), force=force,
                         concurrency=concurrency, chunk_size=chunk_size)
@@ -129,17 +129,18 @@ def run_batch_cli(state: CliState, batch_file: str, *, place: bool, artifact_typ
                            "fetched_bytes": r.fetched_bytes, "already_present": r.already_present}
                           for r in outcome.results],
                 "placements": [report_json(p) for p in outcome.placements]}))
-    if not state.json_output:
-        click.echo(render_summary(summary))
+    if not state.json_output and not (state.quiet and not summary.failed):  # --quiet success: cron mails nothing
+        click.echo(render_summary(summary, only_failed=state.quiet))
     if summary.failed:
         raise ModfetchError(f"{len(summary.failed)} of {len(summary.outcomes)} batch jobs failed",
                             hint="fix them and rerun the batch: finished files are not fetched again")
 
 
-def render_summary(summary: BatchSummary) -> str:
-    """The batch summary table (one row per job, then any placement lines)."""
+def render_summary(summary: BatchSummary, only_failed: bool = False) -> str:
+    """The batch summary table: one row per job (with ``only_failed``, as for --quiet: only the failed ones, so
+    a cron mail about one failure among thousands of jobs stays short), then the count."""
     lines = [f"{'JOB':>3}  {'RESULT':<7}  {'FILES':>5}  {'FETCHED':>9}  {'PLACED':>6}  DETAIL"]
-    for o in summary.outcomes:
+    for o in summary.failed if only_failed else summary.outcomes:
         fetched = sum(r.fetched_bytes for r in o.results)
         placed = sum(1 for p in o.placements for t in p.outcomes if t.ok)
         if o.error:

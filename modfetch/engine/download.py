@@ -67,7 +67,7 @@ from .files import (
     preallocate,
     write_checksum_file,
 )
-from .hashing import PrefixHasher, git_blob_sha1, hash_range, sha256_file
+from .hashing import PrefixHasher, git_blob_sha1, hash_range, range_digest, sha256_file
 from .http import RangesIgnored, RemoteChanged, RetryableError, shutdown_response
 from .plan import plan_chunks
 from .probe import ProbeResult, probe
@@ -490,11 +490,8 @@ class Downloader:
             chunks = [LiveChunk.from_row(r) for r in plan_chunks(size, self.workers, self.chunk_size)]
             db.replace_chunks(row.id, [c.to_row() for c in chunks])
         for chunk in chunks:
-            if chunk.status != CHUNK_COMPLETE:
-                chunk.hasher = hashlib.sha256()
-                if chunk.done:
-                    # Resume inside the chunk: hash what is already on disk, then continue after it.
-                    chunk.hasher.update(os.pread(fd, chunk.done, chunk.start))
+            if chunk.status != CHUNK_COMPLETE and chunk.hasher is None:
+                chunk.hasher = hashlib.sha256()  # a chunk resumed inside got the hasher of its verified bytes
         done_before = sum(c.end - c.start if c.status == CHUNK_COMPLETE else c.done for c in chunks)
         if resumed:
             log.info("resuming %s: %d of %d bytes already on disk", Path(row.dest_path).name, done_before, size,
@@ -508,23 +505,38 @@ class Downloader:
         return sha256, resumed
 
     def _reverify(self, chunks: list[LiveChunk], fd: int, on_disk: int, db: StateDB, download_id: int) -> None:
-        """Trust no completed chunk on resume until its bytes hash to what was recorded; partial chunks keep
-        only the bytes that are still inside the file."""
-        complete = [c for c in chunks if c.status == CHUNK_COMPLETE]
+        """Trust no chunk on resume until its bytes hash to what was recorded: a complete chunk's whole range, a
+        partly fetched one's first ``done`` bytes (the .part may be older than the DB: restored from a backup,
+        or a power cut kept the DB's checkpoint but not the data).  A verified partial chunk keeps its hasher
+        to continue after those bytes; any other is fetched again from its start."""
+        started = [c for c in chunks if c.status == CHUNK_COMPLETE or c.done]
+
+        def digest(chunk: LiveChunk) -> hashlib._Hash | None:
+            end = chunk.end if chunk.status == CHUNK_COMPLETE else chunk.start + chunk.done
+            return range_digest(fd, chunk.start, end) if end <= on_disk and chunk.sha256 else None
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-            digests = list(pool.map(lambda c: hash_range(fd, c.start, c.end) if c.end <= on_disk else None, complete))
-        dirty = [c for c, digest in zip(complete, digests, strict=True) if digest != c.sha256]
-        shrunk = [c for c in chunks if c.status != CHUNK_COMPLETE and c.start + c.done > on_disk]
-        for chunk in shrunk:
-            chunk.done = max(0, on_disk - chunk.start)
+            digests = list(pool.map(digest, started))
+        dirty = []
+        for chunk, found in zip(started, digests, strict=True):
+            if found is None or found.hexdigest() != chunk.sha256:
+                dirty.append(chunk)
+            elif chunk.status != CHUNK_COMPLETE:
+                chunk.hasher = found
+        shrunk = [c for c in dirty if (c.end if c.status == CHUNK_COMPLETE else c.start + c.done) > on_disk]
+        complete = sum(1 for c in dirty if c.status == CHUNK_COMPLETE)
         for chunk in dirty:
             chunk.reset()
         if shrunk:
             log.warning("the .part file is shorter than recorded; fetching the missing bytes again",
                         extra={"download_id": download_id})
-        if dirty or shrunk:
-            log.warning("%d completed chunk(s) no longer match their hash; fetching them again", len(dirty),
+        if complete:
+            log.warning("%d completed chunk(s) no longer match their hash; fetching them again", complete,
                         extra={"download_id": download_id})
+        if len(dirty) > complete:
+            log.warning("%d partly fetched chunk(s) no longer match their hash; fetching them again",
+                        len(dirty) - complete, extra={"download_id": download_id})
+        if dirty:
             db.save_chunks(download_id, [c.to_row() for c in chunks])
 
     def _repair(self, db: StateDB, req: DownloadRequest, info: ProbeResult, row: DownloadRow, fd: int,

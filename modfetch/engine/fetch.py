@@ -217,6 +217,7 @@ def _stream_into(ctx: FetchContext, chunk: LiveChunk, response: requests.Respons
                     _pwrite_all(ctx.fd, block, pos, ctx.size)
                     hasher.update(block)
                     chunk.done += n
+                    chunk.prefix = (chunk.done, hasher.copy())  # a consistent pair for the checkpoint
                     got += n
             if closed and got < wanted and chunk.position < chunk.end:
                 raise RetryableError(f"connection closed after {got} of {wanted} bytes")

@@ -22,6 +22,11 @@ def advise_done(fd: int, offset: int, length: int) -> None:
 
 def hash_range(fd: int, start: int, end: int, buffer: bytearray | None = None) -> str:
     """SHA-256 hex of bytes ``[start, end)`` of an open file (short file -> hash of what is there)."""
+    return range_digest(fd, start, end, buffer).hexdigest()
+
+
+def range_digest(fd: int, start: int, end: int, buffer: bytearray | None = None) -> hashlib._Hash:
+    """The SHA-256 object fed bytes ``[start, end)`` of an open file, to go on hashing what follows them."""
     digest = hashlib.sha256()
     buf = buffer if buffer is not None else bytearray(READ_BLOCK)
     view = memoryview(buf)
@@ -32,7 +37,7 @@ def hash_range(fd: int, start: int, end: int, buffer: bytearray | None = None) -
             break
         digest.update(view[:n])
         pos += n
-    return digest.hexdigest()
+    return digest
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -30,6 +30,10 @@ class LiveChunk:
     sha256: str | None = None
     hasher: Any = field(default=None, repr=False)
     failures: int = 0      # consecutive attempts without progress
+    # (done, a copy of the hasher at that point), set by the owner after each block it wrote: the coordinator
+    # saves a partly fetched chunk as this pair, so a rerun can prove those bytes are still the ones on disk.
+    # ``done`` and ``hasher`` themselves change under the coordinator's feet and may not match each other.
+    prefix: tuple[int, Any] | None = field(default=None, repr=False)
 
     @classmethod
     def from_row(cls, row: ChunkRow) -> LiveChunk:
@@ -39,7 +43,12 @@ class LiveChunk:
                    sha256=row.sha256)
 
     def to_row(self) -> ChunkRow:
-        """A DB row snapshot."""
+        """A DB row snapshot.  ``sha256`` is the whole chunk's hash once complete, before that the hash of its
+        first ``bytes_done`` bytes (None when nothing is on disk)."""
+        if self.status != CHUNK_COMPLETE and self.prefix is not None:
+            done, hasher = self.prefix
+            return ChunkRow(idx=self.idx, start=self.start, end=self.end, bytes_done=done,
+                            sha256=hasher.hexdigest(), status=self.status)
         return ChunkRow(idx=self.idx, start=self.start, end=self.end, bytes_done=self.done,
                         sha256=self.sha256, status=self.status)
 
@@ -58,6 +67,7 @@ class LiveChunk:
         self.done = 0
         self.sha256 = None
         self.hasher = hashlib.sha256()
+        self.prefix = None
         self.status = CHUNK_PENDING
 
 

@@ -33,6 +33,30 @@ class _StrictLoader(yaml.SafeLoader):
                     None, None, f"duplicate key {label!r}", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        """PyYAML's merge-key flattening, keeping each merged pair once (the last copy, which is the one that
+        wins anyway).  Before PyYAML 6.0.4 every ``<<: [*a, *a, ...]`` copied ``a``'s pairs again, so a few
+        nested levels of it (a "billion laughs" through merge keys) never finished loading."""
+        super().flatten_mapping(node)  # flattens merged mappings through this method first: each stays small
+        kept: dict[int, tuple[Any, Any]] = {}
+        for pair in node.value:
+            kept.pop(id(pair), None)  # a pair merged twice is the very same tuple
+            kept[id(pair)] = pair
+        node.value = list(kept.values())
+
+
+def describe_value(value: Any, limit: int = 60) -> str:
+    """A value for an error message: a scalar's repr (cut to ``limit`` characters), a list's or mapping's kind.
+
+    Never a container's repr: aliases let a 1 KiB file hold billions of nested strings ("billion laughs"), and
+    repr() would expand every one of them."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple, set)):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
 
 def load_yaml(text: str) -> Any:
     """``yaml.safe_load(text)`` minus duplicate keys; anything that goes wrong is a MarkedYAMLError."""
