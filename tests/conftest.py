@@ -3,12 +3,14 @@ that runs modfetch in-process (Click's CliRunner) or as a real subprocess agains
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,25 @@ def assert_clean_error(text: str, *needles: str) -> str:
     for needle in needles:
         assert needle.lower() in lines[0].lower(), text
     return lines[0]
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 hex of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[str] | None = None,
+             seconds: float = 30) -> None:
+    """Poll ``condition`` until true; fail naming ``what`` (with the process's output if it ended first)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"modfetch exited ({proc.returncode}) before {what}: {proc.communicate()}")
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")

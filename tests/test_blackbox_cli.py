@@ -262,7 +262,7 @@ def test_one_broken_app_folder_fails_only_its_target(mf: Modfetch, tmp_path: Pat
                                         "a1111": {"preset": "a1111", "base": str(a1111)}}})
     source = _lora(tmp_path / "lora.safetensors")
     done = mf.cli("place", *(["--dry-run"] if dry_run else []), str(source))
-    _clean(done, 1, "a1111", "Not a directory")
+    _clean(done, 1, "a1111", "is not a folder")
     if dry_run:
         assert "would-place" in done.stdout and not (comfy / "models").exists()
     else:

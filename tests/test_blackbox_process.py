@@ -10,38 +10,19 @@ Waits are on observable conditions (files, DB rows, process exit) with deadlines
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import sqlite3
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Modfetch, assert_clean_error
+from tests.conftest import Modfetch, assert_clean_error, sha256_of, wait_for
 from tests.servers.faulty import FaultyServer
 
 MiB = 1 << 20
 Serve = Callable[..., FaultyServer]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[str] | None = None,
-              seconds: float = 30) -> None:
-    """Poll ``condition`` until true; fail naming ``what`` (with the process's output if it ended)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"modfetch exited ({proc.returncode}) before {what}: {proc.communicate()}")
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
@@ -64,11 +45,11 @@ def _complete_chunks(mf: Modfetch) -> int:
 def _assert_right_or_clean_failure(rc: int, err: str, target: Path, server: FaultyServer) -> None:
     """Exit 0 only with exactly the server's bytes; otherwise one clear error and no file at the target."""
     if rc == 0:
-        assert _sha256(target) == server.sha256(), "exit 0 but the installed file has other bytes"
+        assert sha256_of(target) == server.sha256(), "exit 0 but the installed file has other bytes"
         return
     assert rc == 1, err
     assert_clean_error(err)
-    assert not target.exists() or _sha256(target) == server.sha256()
+    assert not target.exists() or sha256_of(target) == server.sha256()
 
 
 # -- something else is at the final name -----------------------------------------------------------------------
@@ -85,7 +66,7 @@ def test_fifo_at_the_target_with_sha256_does_not_hang(mf: Modfetch, faulty_serve
     forced = mf.run("--quiet", "download", "--url", server.url, "--dest", str(mf.dest), "--sha256",
                     server.sha256(), "--force", timeout=30)
     assert forced.returncode == 0, forced.stderr
-    assert _sha256(fifo) == server.sha256()
+    assert sha256_of(fifo) == server.sha256()
 
 
 def test_dangling_symlink_at_the_target_is_refused_before_any_transfer(mf: Modfetch, faulty_server: Serve,
@@ -125,7 +106,7 @@ def test_two_processes_through_a_symlinked_dest_take_turns(mf: Modfetch, faulty_
     first = mf.popen("--quiet", "download", "--url", server.url, "--dest", str(mf.dest))
     second: subprocess.Popen[str] | None = None
     try:
-        _wait_for((mf.dest / "file.bin.part").exists, "the first process's .part", first)
+        wait_for((mf.dest / "file.bin.part").exists, "the first process's .part", first)
         second = mf.popen("--quiet", "download", "--url", server.url, "--dest", str(alias))
         rc2, _, err2 = _finish(second, timeout=20)
     finally:
@@ -137,7 +118,7 @@ def test_two_processes_through_a_symlinked_dest_take_turns(mf: Modfetch, faulty_
     assert rc2 == 1, err2
     assert_clean_error(err2, "already downloading")
     assert rc1 == 0, err1
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
 
 
 # -- the .part changes under a running download -----------------------------------------------------------------
@@ -161,7 +142,7 @@ def test_part_changed_by_someone_else_is_never_installed(mf: Modfetch, faulty_se
     part = mf.dest / "file.bin.part"
     proc = mf.popen("--quiet", "download", "--url", server.url, "--dest", str(mf.dest))
     try:
-        _wait_for(part.exists, "the .part", proc)
+        wait_for(part.exists, "the .part", proc)
         change(part)
     finally:
         server.release()
@@ -173,7 +154,7 @@ def test_part_changed_by_someone_else_is_never_installed(mf: Modfetch, faulty_se
     server.configure(hold=False)
     again = mf.run("--quiet", "download", "--url", server.url, "--dest", str(mf.dest))
     assert again.returncode == 0, again.stderr
-    assert _sha256(target) == server.sha256()
+    assert sha256_of(target) == server.sha256()
 
 
 def test_part_truncated_mid_download_never_ends_as_a_wrong_file(mf: Modfetch, faulty_server: Serve) -> None:
@@ -183,14 +164,14 @@ def test_part_truncated_mid_download_never_ends_as_a_wrong_file(mf: Modfetch, fa
     part = mf.dest / "file.bin.part"
     target = mf.dest / "file.bin"
     proc = mf.popen("--quiet", "download", "--url", server.url, "--dest", str(mf.dest), "--concurrency", "1")
-    _wait_for(lambda: _complete_chunks(mf) >= 2, "two complete chunks", proc)
+    wait_for(lambda: _complete_chunks(mf) >= 2, "two complete chunks", proc)
     os.truncate(part, 1000)
     rc, _, err = _finish(proc)
     _assert_right_or_clean_failure(rc, err, target, server)
     server.configure(rate=None)
     again = mf.run("--quiet", "download", "--url", server.url, "--dest", str(mf.dest))
     assert again.returncode == 0, again.stderr
-    assert _sha256(target) == server.sha256()
+    assert sha256_of(target) == server.sha256()
 
 
 # -- a full disk under the state DB ------------------------------------------------------------------------------
@@ -230,7 +211,7 @@ def test_state_db_on_a_full_disk_is_not_called_damaged(mf: Modfetch, faulty_serv
     server = faulty_server(size=4 * MiB, hold=True)
     proc = mf.popen("--quiet", "download", "--url", server.url, "--dest", str(mf.dest), "--chunk-size", "256K")
     try:
-        _wait_for((mf.dest / "file.bin.part").exists, "the .part", proc)
+        wait_for((mf.dest / "file.bin.part").exists, "the .part", proc)
         filler = _fill(small_tmpfs)
     finally:
         server.release()
@@ -242,7 +223,7 @@ def test_state_db_on_a_full_disk_is_not_called_damaged(mf: Modfetch, faulty_serv
     filler.unlink()
     again = mf.run("--quiet", "download", "--url", server.url, "--dest", str(mf.dest))
     assert again.returncode == 0, again.stderr
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
 
 
 # -- the process's own surroundings ---------------------------------------------------------------------------
@@ -265,7 +246,7 @@ def test_longest_allowed_name_downloads_with_part_and_sidecar(mf: Modfetch, faul
     name = "m" * 235 + ".gguf"  # 240 bytes: .part and .sha256 beside it still fit NAME_MAX (255)
     done = mf.run("--quiet", "download", "--url", server.url, "--dest", str(mf.dest), "--out", name)
     assert done.returncode == 0, done.stderr
-    assert _sha256(mf.dest / name) == server.sha256()
+    assert sha256_of(mf.dest / name) == server.sha256()
     assert (mf.dest / f"{name}.sha256").read_text().split()[0] == server.sha256()
 
 

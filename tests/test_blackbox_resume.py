@@ -11,14 +11,11 @@ server); a failure is one ``modfetch: error:`` line, no traceback; ``status`` te
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import signal
 import sqlite3
-import subprocess
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,29 +23,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MiB, Modfetch, assert_clean_error
+from tests.conftest import MiB, Modfetch, assert_clean_error, sha256_of, wait_for
 from tests.servers.faulty import FaultyServer, _Handler
 
 Serve = Callable[..., FaultyServer]
 SIZE = 8 * MiB
 RATE = 1.5 * MiB  # per connection: a few seconds for SIZE, time enough to interrupt after some chunks
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[str] | None = None,
-              seconds: float = 30) -> None:
-    """Poll ``condition`` until true; fail naming ``what`` (with the process's output if it ended first)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"modfetch exited ({proc.returncode}) before {what}: {proc.communicate()}")
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def _query(mf: Modfetch, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -80,7 +60,7 @@ def _interrupt(mf: Modfetch, server: FaultyServer, args: list[str], sig: signal.
     server.configure(rate=RATE)
     proc = mf.popen(*args)
     try:
-        _wait_for(lambda: _complete_bytes(mf) >= complete, f"{complete} bytes in complete chunks", proc)
+        wait_for(lambda: _complete_bytes(mf) >= complete, f"{complete} bytes in complete chunks", proc)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=20)
     finally:
@@ -120,7 +100,7 @@ def test_rerun_with_other_concurrency_and_chunk_size_keeps_the_chunks_done(mf: M
     mark = server.mark()
     rerun = mf.run(*_args(mf, server, "--concurrency", "7", "--chunk-size", "3M"))
     assert rerun.returncode == 0, rerun.stderr
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
     assert server.body_bytes(mark) <= SIZE - saved  # the plan of the first run is kept, whatever was asked now
     assert _rows(mf) == [("file.bin", "complete", SIZE)]
 
@@ -133,7 +113,7 @@ def test_rerun_after_the_config_changed_keeps_the_chunks_done(mf: Modfetch, faul
     mark = server.mark()
     rerun = mf.run(*_args(mf, server))
     assert rerun.returncode == 0, rerun.stderr
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
     assert server.body_bytes(mark) <= SIZE - saved
 
 
@@ -141,7 +121,7 @@ def test_status_while_running_and_after_each_signal_is_truthful(mf: Modfetch, fa
     server = faulty_server(size=SIZE, rate=RATE)
     proc = mf.popen(*_args(mf, server, "--concurrency", "2"))
     try:
-        _wait_for(lambda: _complete_bytes(mf) >= MiB, "1 MiB in complete chunks", proc)
+        wait_for(lambda: _complete_bytes(mf) >= MiB, "1 MiB in complete chunks", proc)
         [row] = _status(mf)
         assert row["status"] == "running" and MiB <= row["bytes_done"] < SIZE and row["size"] == SIZE
         proc.send_signal(signal.SIGKILL)
@@ -164,13 +144,13 @@ def test_rerun_into_another_dest_leaves_the_first_one_resumable(mf: Modfetch, fa
     other = tmp_path / "other"
     rerun = mf.run(*_args(mf, server, dest=other))
     assert rerun.returncode == 0, rerun.stderr
-    assert _sha256(other / "file.bin") == server.sha256()
+    assert sha256_of(other / "file.bin") == server.sha256()
     assert (mf.dest / "file.bin.part").exists()
     assert sorted(r[1] for r in _rows(mf)) == ["complete", "interrupted"]
     mark = server.mark()
     back = mf.run(*_args(mf, server))
     assert back.returncode == 0, back.stderr
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
     assert server.body_bytes(mark) <= SIZE - saved
     assert sorted(r[1] for r in _rows(mf)) == ["complete", "complete"]
     assert not (mf.dest / "file.bin.part").exists()
@@ -182,7 +162,7 @@ def test_rerun_with_another_out_name_keeps_the_first_part(mf: Modfetch, faulty_s
     part = (mf.dest / "file.bin.part").read_bytes()
     rerun = mf.run(*_args(mf, server, "--out", "renamed.bin"))
     assert rerun.returncode == 0, rerun.stderr
-    assert _sha256(mf.dest / "renamed.bin") == server.sha256()
+    assert sha256_of(mf.dest / "renamed.bin") == server.sha256()
     assert (mf.dest / "file.bin.part").read_bytes() == part
     assert [(name, status) for name, status, _ in _rows(mf)] == [("file.bin", "interrupted"),
                                                                  ("renamed.bin", "complete")]
@@ -196,12 +176,12 @@ def test_same_name_from_another_url_restarts_cleanly(mf: Modfetch, faulty_server
     rerun = mf.run(*_args(mf, other))
     assert rerun.returncode == 0, rerun.stderr
     assert "changed since the last attempt" in rerun.stderr
-    assert _sha256(mf.dest / "file.bin") == other.sha256()
+    assert sha256_of(mf.dest / "file.bin") == other.sha256()
     assert other.body_bytes(mark) == SIZE  # nothing of the first URL's bytes survives into this file
     first = mf.run(*_args(mf, server))  # and the first URL never overwrites it
     assert first.returncode == 1
     assert_clean_error(first.stderr, "already exists")
-    assert _sha256(mf.dest / "file.bin") == other.sha256()
+    assert sha256_of(mf.dest / "file.bin") == other.sha256()
 
 
 # -- the .part or the DB is not the one the last run left -------------------------------------------------------
@@ -216,7 +196,7 @@ def _stop_inside_chunk_2(mf: Modfetch, server: FaultyServer, args: list[str], si
         return int(rows[0][0]) if rows else 0
 
     try:
-        _wait_for(lambda: partial() >= 256 << 10 and _complete_bytes(mf) == 2 * MiB, "part of chunk 2", proc)
+        wait_for(lambda: partial() >= 256 << 10 and _complete_bytes(mf) == 2 * MiB, "part of chunk 2", proc)
         proc.send_signal(sig)
         proc.communicate(timeout=20)
     finally:
@@ -241,7 +221,7 @@ def test_part_older_than_the_db_is_never_installed(mf: Modfetch, faulty_server: 
     mark = server.mark()
     rerun = mf.run(*args)
     assert rerun.returncode == 0, rerun.stderr
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
     assert "1 partly fetched chunk(s) no longer match" in rerun.stderr
     assert server.body_bytes(mark) == 2 * MiB  # chunk 2 again, chunk 3; never chunks 0 and 1
 
@@ -253,7 +233,7 @@ def test_partly_fetched_chunk_is_kept_when_its_bytes_are_intact(mf: Modfetch, fa
     mark = server.mark()
     rerun = mf.run(*args)
     assert rerun.returncode == 0, rerun.stderr
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
     assert server.body_bytes(mark) == 2 * MiB - partial
     assert server.data_requests(mark)[0].range_start == 2 * MiB + partial
 
@@ -274,9 +254,9 @@ def test_db_restored_from_an_older_backup_resumes_from_what_it_knows(mf: Modfetc
     args = _args(mf, server, "--concurrency", "2")
     proc = mf.popen(*args)
     try:
-        _wait_for(lambda: _complete_bytes(mf) >= MiB, "1 MiB in complete chunks", proc)
+        wait_for(lambda: _complete_bytes(mf) >= MiB, "1 MiB in complete chunks", proc)
         _backup_db(mf, tmp_path / "old.db")
-        _wait_for(lambda: _complete_bytes(mf) >= 4 * MiB, "4 MiB in complete chunks", proc)
+        wait_for(lambda: _complete_bytes(mf) >= 4 * MiB, "4 MiB in complete chunks", proc)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=20)
     finally:
@@ -291,7 +271,7 @@ def test_db_restored_from_an_older_backup_resumes_from_what_it_knows(mf: Modfetc
     mark = server.mark()
     rerun = mf.run(*args)
     assert rerun.returncode == 0, rerun.stderr
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
     assert server.body_bytes(mark) <= SIZE - known
     assert _rows(mf) == [("file.bin", "complete", SIZE)]
 
@@ -305,7 +285,7 @@ def test_part_moved_to_a_machine_with_a_new_db_is_not_trusted(mf: Modfetch, faul
     rerun = mf.run(*_args(mf, server))
     assert rerun.returncode == 0, rerun.stderr
     assert "without saved state; starting over" in rerun.stderr
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
     assert server.body_bytes(mark) == SIZE
 
 
@@ -324,7 +304,7 @@ def test_server_changed_between_runs(mf: Modfetch, faulty_server: Serve, change:
     mark = server.mark()
     rerun = mf.run(*_args(mf, server))
     assert rerun.returncode == 0, rerun.stderr
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
     if restart:
         assert "changed since the last attempt" in rerun.stderr
         assert server.body_bytes(mark) == SIZE
@@ -342,7 +322,7 @@ def test_server_with_another_size_restarts_cleanly(mf: Modfetch, faulty_server: 
     try:
         rerun = mf.run(*_args(mf, new))
         assert rerun.returncode == 0, rerun.stderr
-        assert _sha256(mf.dest / "file.bin") == new.sha256()
+        assert sha256_of(mf.dest / "file.bin") == new.sha256()
         assert new.body_bytes() == size
         assert _rows(mf) == [("file.bin", "complete", size)]
     finally:
@@ -364,7 +344,7 @@ def test_file_removed_upstream_is_one_line_and_keeps_the_part(mf: Modfetch, faul
     mark = server.mark()
     again = mf.run(*_args(mf, server))
     assert again.returncode == 0, again.stderr
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
     assert server.body_bytes(mark) <= SIZE - saved
 
 
@@ -423,7 +403,7 @@ def test_expired_signed_redirect_is_resolved_again_on_resume(mf: Modfetch, fault
     finally:
         redirector.stop()
     assert rerun.returncode == 0, rerun.stderr
-    assert _sha256(mf.dest / "model.bin") == cdn.sha256()
+    assert sha256_of(mf.dest / "model.bin") == cdn.sha256()
     assert server_paths(cdn, mark) == {"/signed/model.bin?sig=second"}  # never the expired URL
     assert cdn.body_bytes(mark) <= SIZE - saved
     [row] = _status(mf)
@@ -447,7 +427,7 @@ def test_wrong_sha256_given_only_on_the_rerun_installs_nothing(mf: Modfetch, fau
     assert [r["status"] for r in _status(mf)] == ["mismatch"]
     again = mf.run(*_args(mf, server, "--sha256", server.sha256()))
     assert again.returncode == 0, again.stderr
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
 
 
 @pytest.mark.parametrize("extra", [["--sha256", "RIGHT"], ["--force"]])
@@ -458,7 +438,7 @@ def test_right_sha256_or_force_on_the_rerun_still_resumes(mf: Modfetch, faulty_s
     mark = server.mark()
     rerun = mf.run(*_args(mf, server, *[server.sha256() if e == "RIGHT" else e for e in extra]))
     assert rerun.returncode == 0, rerun.stderr
-    assert _sha256(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
     assert server.body_bytes(mark) <= SIZE - saved
     assert _rows(mf) == [("file.bin", "complete", SIZE)]
 

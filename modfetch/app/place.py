@@ -173,15 +173,21 @@ def _place_one(source: linker.SourceFile, target: PlannedTarget, app: AppSpec, m
         return TargetOutcome(app.name, target.target, FAILED, shown_mode,
                              f"{app.preset.name} folder {app.base} does not exist; "
                              f"set placement.apps.{app.name}.base to where it is installed")
-    if options.dry_run:
+    if options.dry_run:  # predict the real run: what it would fail is failed here too
+        problem = linker.folder_problem(target.target)
+        if problem is not None:
+            return TargetOutcome(app.name, target.target, FAILED, shown_mode, problem, command)
         try:
             state = ("n/a" if kind == HF_CACHE else ollama.modelfile_state(source, target.target) if kind == OLLAMA
                      else linker.inspect_target(target.target, source))
-        except OSError as exc:  # e.g. a file where the app's folder should be: this target only
+        except OSError as exc:
             return TargetOutcome(app.name, target.target, FAILED, shown_mode, _os_message(exc), command)
-        note = {"same": "already in place", "different": "a different file is there (needs --force)",
-                "dangling": "dangling link would be repaired",
-                "directory": "a directory is there"}.get(state, "")
+        if state == "directory" or (state == "different" and not force):
+            message = ("a directory is there; not replacing it" if state == "directory"
+                       else "a different file is there (needs --force)")
+            return TargetOutcome(app.name, target.target, FAILED, shown_mode, message, command)
+        note = {"same": "already in place", "different": "a different file is there; it would be replaced",
+                "dangling": "dangling link would be repaired"}.get(state, "")
         return TargetOutcome(app.name, target.target, WOULD_PLACE, shown_mode, note, command)
     try:
         if kind == HF_CACHE:

@@ -96,12 +96,17 @@ def _fetch_once(ctx: FetchContext, chunk: LiveChunk, session: requests.Session, 
             raise RemoteChanged(f"server says range {pos}-{end - 1} is unsatisfiable (size now {total})")
         check_status(response, url)
         received_etag = response.headers.get("ETag")
-        if ctx.etag and received_etag and etag_value(received_etag) != etag_value(ctx.etag):
-            raise RemoteChanged(f"ETag changed from {ctx.etag} to {received_etag}")
+        modified = response.headers.get("Last-Modified")
+        if ctx.etag and received_etag:
+            if etag_value(received_etag) != etag_value(ctx.etag):
+                raise RemoteChanged(f"ETag changed from {ctx.etag} to {received_etag}")
+        elif modified and ctx.last_modified and modified != ctx.last_modified:
+            # No ETag to compare: a server that ignores If-Range still says in Last-Modified that these bytes
+            # are from another version of the file; writing them would mix two versions in one file.
+            raise RemoteChanged(f"Last-Modified changed from {ctx.last_modified} to {modified}")
         if response.status_code == 200:
             # Same validators and size: the file did not change, this backend just ignores Range (load balancers
             # where only some backends do ranges).  Restarting chunked would hit it again, so fall back.
-            modified = response.headers.get("Last-Modified")
             length = header_int(response.headers.get("Content-Length"))
             if length in (None, ctx.size) and not (modified and ctx.last_modified and modified != ctx.last_modified):
                 raise RangesIgnored("server answered a ranged request with the whole, unchanged file (200)")

@@ -89,11 +89,27 @@ def inspect_target(target: Path, source: SourceFile, symlink_text: str | None = 
     return "different"
 
 
+def folder_problem(target: Path) -> str | None:
+    """Why ``target``'s folder cannot hold it — the nearest existing ancestor is a file or a broken link
+    (e.g. an app's ``models/loras`` linked to a disk that is not mounted) — or None.  Nothing is changed."""
+    for folder in (target.parent, *target.parent.parents):
+        if os.path.isdir(folder):
+            return None
+        if os.path.islink(folder) and not os.path.exists(folder):
+            return f"{folder} is a broken link (to {os.readlink(folder)}); is that disk mounted?"
+        if os.path.lexists(folder):
+            return f"{folder} is not a folder"
+    return None
+
+
 def place(source: SourceFile, target: Path, mode: str, *, force: bool = False,
           symlink_text: str | None = None) -> LinkResult:
     """Make ``target`` provide ``source`` (see the module docstring); raises ModfetchError subclasses."""
     if mode not in MODES:
         raise UsageError(f"unknown placement mode {mode!r}", hint=f"use one of: {', '.join(MODES)}")
+    problem = folder_problem(target)
+    if problem is not None:
+        raise DiskError(problem)
     state = inspect_target(target, source, symlink_text if mode == SYMLINK else None)
     if state == "same":
         return LinkResult(SKIPPED, mode, "already in place")
@@ -108,7 +124,13 @@ def place(source: SourceFile, target: Path, mode: str, *, force: bool = False,
     except OSError as exc:
         raise _disk(exc, "cannot create folder", target.parent) from None
     if state == "absent":
-        used, note = _materialize(source, target, mode, symlink_text, final=True)
+        try:
+            used, note = _materialize(source, target, mode, symlink_text, final=True)
+        except TargetExistsError:
+            # Another process (a second `place`, a parallel batch job) created it meanwhile: fine if it is ours.
+            if inspect_target(target, source, symlink_text if mode == SYMLINK else None) == "same":
+                return LinkResult(SKIPPED, mode, "already in place")
+            raise
         return LinkResult(CREATED, used, note)
     temp = target.parent / f".{target.name}.modfetch-{uuid.uuid4().hex[:12]}.tmp"
     used, note = _materialize(source, temp, mode, symlink_text, final=False)

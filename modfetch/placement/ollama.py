@@ -71,6 +71,8 @@ def write_modelfile(source: SourceFile, target: Path, force: bool = False) -> Li
             os.replace(temp, target)
     except FileExistsError:
         os.unlink(temp)
+        if modelfile_state(source, target) == "same":  # another process wrote the same Modelfile meanwhile
+            return LinkResult(SKIPPED, "modelfile", "Modelfile already up to date")
         raise TargetExistsError(f"{target} appeared while writing; not overwriting it") from None
     except OSError as exc:
         if os.path.lexists(temp):

@@ -21,6 +21,8 @@ from .presets import FOLDERS, HF_CACHE, LMSTUDIO, OLLAMA, Preset
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# llama.cpp's gguf-split names shards ``<name>-00001-of-00003.gguf`` and finds the others beside the first.
+_SPLIT_GGUF = re.compile(r"^(?P<name>.+)-\d{5}-of-\d{5}$")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,10 @@ def plan(source: Path, artifact_type: str, hints: Mapping[str, Any], apps: Seque
             if artifact_type != v.LLM_GGUF or suffix != ".gguf":
                 result.skipped.append((app.name, f"Ollama imports GGUF language models, not {artifact_type}"))
                 continue
+            if _SPLIT_GGUF.match(source.stem):
+                result.skipped.append((app.name, "Ollama cannot import a split GGUF (ollama/ollama#5245); merge "
+                                                 "the shards with llama-gguf-split --merge and place that file"))
+                continue
             result.targets.append(PlannedTarget(app.name, kind, source.parent / f"{source.stem}.Modelfile",
                                                 ollama_model=ollama_model_name(source, hints)))
     if not result.targets:
@@ -141,9 +147,15 @@ def lmstudio_names(source: Path, hints: Mapping[str, Any]) -> tuple[str, str]:
         publisher, repo = repo_id.split("/", 1)
     else:
         publisher = str(hints.get("creator") or "") or "local"
-        repo = str(hints.get("model_name") or "") or source.stem
-    repo = sanitize_filename(repo.replace("/", "-"), source.stem or "model")
+        repo = str(hints.get("model_name") or "") or split_gguf_name(source)
+    repo = sanitize_filename(repo.replace("/", "-"), split_gguf_name(source) or "model")
     return sanitize_filename(publisher, "local"), repo
+
+
+def split_gguf_name(source: Path) -> str:
+    """The file stem without a split GGUF's ``-00001-of-00003`` (all shards must share one folder)."""
+    match = _SPLIT_GGUF.match(source.stem)
+    return match.group("name") if match else source.stem
 
 
 def ollama_model_name(source: Path, hints: Mapping[str, Any]) -> str:

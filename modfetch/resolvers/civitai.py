@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -171,12 +171,15 @@ def _prefer_safetensor(pool: list[File]) -> list[File]:
     return [f for f in pool if not (_meta(f, "format").lower() == "pickletensor" and _twin_key(f) in safe)]
 
 
-def _candidate(f: File, model_id: int, version_id: int) -> Candidate:
+def _candidate(f: File, model_id: int, version_id: int, pool: Sequence[File] = ()) -> Candidate:
     name = str(f.get("name") or "?")
     size = _size_bytes(f.get("sizeKB"))
     details = ", ".join(x for x in (_meta(f, "type"), _meta(f, "format"), _meta(f, "fp"),
                                     human_size(size) if size else "") if x)
     uri = f"civitai://model/{model_id}?version={version_id}&file={quote(name)}"
+    if sum(str(g.get("name") or "?").lower() == name.lower() for g in pool) > 1:
+        # Same-named files (fp16 / fp32 twins): the name alone would select both again.
+        uri += "".join(f"&{key}={quote(_meta(f, key))}" for key in _FILTERS if _meta(f, key))
     return Candidate(f"{name} ({details})" if details else name, uri, size, _meta(f, "format") or None)
 
 
@@ -216,7 +219,7 @@ def choose_file(files: list[Any], ref: CivitaiUri, model_id: int, version_id: in
     if len(pool) == 1:
         return pool[0]
     raise AmbiguousChoiceError(f"{len(pool)} files of CivitAI version {version_id} match",
-                               [_candidate(f, model_id, version_id) for f in pool],
+                               [_candidate(f, model_id, version_id, pool) for f in pool],
                                hint="choose one with ?file=NAME (or format=/fp=/size=/type=)")
 
 

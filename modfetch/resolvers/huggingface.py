@@ -239,7 +239,8 @@ class _Hub:
         return unquote(path[len(base):].split("/resolve/", 1)[0]) or None
 
     # -- listings ---------------------------------------------------------------------------------------
-    def commit_of(self, repo_id: str, revision: str) -> str:
+    def commit_of(self, repo_id: str, revision: str) -> tuple[str, bool]:
+        """``(commit, gated)`` of ``revision``: the Hub shows a gated repo's info and listing to anyone."""
         url = self.client.url(f"/api/{self.kind}/{repo_id}/revision/{quote(revision, safe='')}")
         response, data = self.client.get_json(url)
         if response.status_code >= 400:
@@ -248,7 +249,16 @@ class _Hub:
         sha = data.get("sha") if isinstance(data, dict) else None
         if not isinstance(sha, str) or not _SHA1.match(sha):
             raise HTTPStatusError(f"the Hub sent no commit for {repo_id}@{revision}", response.status_code)
-        return sha
+        return sha, bool(data.get("gated"))
+
+    def check_access(self, repo_id: str, commit: str, path: str) -> None:
+        """Raise the gated-repo error up front (a HEAD of one file, as ``hf_hub_download`` would get) rather than
+        leave every file of a gated repo to fail with an anonymous HTTP 401/403 at download time."""
+        response, _ = self.client.send("HEAD", self.resolve_url(repo_id, commit, path))
+        response.close()
+        if response.status_code in (401, 403) or response.headers.get("X-Error-Code") == "GatedRepo":
+            raise hub_error(response, repo_id=repo_id, page=self.page(repo_id), token_var=self.token_var,
+                            revision=commit, path=path)
 
     def tree(self, repo_id: str, commit: str, revision: str, folder: str) -> list[Mapping[str, Any]]:
         suffix = f"/{quote(folder)}" if folder else ""
@@ -275,7 +285,7 @@ class _Hub:
 
     def list_files(self, repo_id: str, revision: str, folder: str, include: tuple[str, ...],
                    exclude: tuple[str, ...]) -> list[ResolvedFile]:
-        commit = self.commit_of(repo_id, revision)
+        commit, gated = self.commit_of(repo_id, revision)
         files = _unique_files(self.tree(repo_id, commit, revision, folder), repo_id)
         if include:
             files = [e for e in files if _match(e["path"], include)]
@@ -286,6 +296,8 @@ class _Hub:
             filters = " ".join([*(f"include={p}" for p in include), *(f"exclude={p}" for p in exclude)])
             raise UsageError(f"no files in {what}{' match ' + filters if filters else ''}",
                              hint="check the include/exclude patterns (fnmatch globs, comma-separated)")
+        if gated:
+            self.check_access(repo_id, commit, min(str(e["path"]) for e in files))
         repo_name = repo_id.rsplit("/", 1)[-1]
         out = []
         for entry in sorted(files, key=lambda e: str(e["path"])):

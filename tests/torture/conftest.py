@@ -7,21 +7,10 @@ printed with ``report()`` (shown by ``pytest -s``; ``scripts/torture`` passes it
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 from tests.conftest import Modfetch, error_lines
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 hex of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def report(title: str, **figures: Any) -> None:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import Modfetch
+from tests.conftest import Modfetch, sha256_of
 from tests.servers.chaos import ChaosServer
-from tests.torture.conftest import assert_one_line_error, report, sha256_of, stuck_running_chunks
+from tests.torture.conftest import assert_one_line_error, report, stuck_running_chunks
 
 pytestmark = pytest.mark.torture
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Modfetch
+from tests.conftest import Modfetch, sha256_of
 from tests.servers.faulty import Faults, FaultyServer
-from tests.torture.conftest import report, sha256_of, stuck_running_chunks
+from tests.torture.conftest import report, stuck_running_chunks
 
 pytestmark = pytest.mark.torture
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Modfetch
+from tests.conftest import Modfetch, sha256_of
 from tests.servers.faulty import FaultyServer
-from tests.torture.conftest import assert_one_line_error, db_rows, report, sha256_of, stuck_running_chunks
+from tests.torture.conftest import assert_one_line_error, db_rows, report, stuck_running_chunks
 
 pytestmark = pytest.mark.torture
 
