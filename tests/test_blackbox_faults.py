@@ -164,15 +164,15 @@ class Run:
     dest: Path
 
 
-@pytest.fixture
-def cli(tmp_path: Path) -> Callable[..., Run]:
-    """Run the installed ``modfetch download`` with an isolated HOME and small timeouts."""
+def cli_runner(tmp_path: Path, timeout_seconds: float = 3, max_retries: int = 2) -> Callable[..., Run]:
+    """``run(*args)``: the installed ``modfetch download`` with an isolated HOME, small timeouts and few retries."""
     home = tmp_path / "home"
     config = tmp_path / "config.yml"
     config.write_text(yaml.safe_dump({
         "version": 1,
-        "network": {"timeout_seconds": 3},
-        "concurrency": {"max_retries": 2, "backoff_min_ms": 10, "backoff_max_ms": 50, "per_file_chunks": 4},
+        "network": {"timeout_seconds": timeout_seconds},
+        "concurrency": {"max_retries": max_retries, "backoff_min_ms": 10, "backoff_max_ms": 50,
+                        "per_file_chunks": 4},
     }))
     dest = tmp_path / "dest"
 
@@ -188,6 +188,12 @@ def cli(tmp_path: Path) -> Callable[..., Run]:
         return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started, target)
 
     return run
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Callable[..., Run]:
+    """Run the installed ``modfetch download`` with an isolated HOME and small timeouts."""
+    return cli_runner(tmp_path)
 
 
 def assert_ok(run: Run, name: str, data: bytes) -> None:

@@ -6,15 +6,11 @@ Same acceptance rule as ``test_blackbox_faults``: exit 0 with exactly the right 
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.test_blackbox_faults import (
     BIG,
@@ -23,10 +19,10 @@ from tests.test_blackbox_faults import (
     RawServer,
     Req,
     Run,
-    _modfetch,
     _range,
     assert_clean_error,
     assert_ok,
+    cli_runner,
     response,
     serve_file,
 )
@@ -48,25 +44,7 @@ def server() -> Iterator[Callable[[Handler], RawServer]]:
 @pytest.fixture
 def cli(tmp_path: Path) -> Callable[..., Run]:
     """The installed ``modfetch download`` with an isolated HOME, a 1 s timeout and one retry."""
-    home = tmp_path / "home"
-    config = tmp_path / "config.yml"
-    config.write_text(yaml.safe_dump({
-        "version": 1,
-        "network": {"timeout_seconds": 1},
-        "concurrency": {"max_retries": 1, "backoff_min_ms": 10, "backoff_max_ms": 50, "per_file_chunks": 4},
-    }))
-
-    def run(url: str, timeout: float = 25.0) -> Run:
-        env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY") and "TOKEN" not in k}
-        env.update(HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_CONFIG_HOME=str(home / "config"),
-                   NO_PROXY="127.0.0.1,localhost")
-        started = time.monotonic()
-        proc = subprocess.run([*_modfetch(), "--config", str(config), "--quiet", "download", url,
-                               "--dest", str(tmp_path / "dest")],
-                              capture_output=True, text=True, env=env, timeout=timeout, check=False)
-        return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started, tmp_path / "dest")
-
-    return run
+    return cli_runner(tmp_path, timeout_seconds=1, max_retries=1)
 
 
 def test_backend_ignoring_range_falls_back_to_one_stream(server, cli) -> None:
