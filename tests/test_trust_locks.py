@@ -97,7 +97,8 @@ def test_metrics_lock_file_is_private(mf, faulty_server, isolated_env: Path) -> 
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(lock.stat().st_mode) == 0o600
     os.chmod(lock, 0o644)
-    result = mf.run("download", "--quiet", "--url", faulty_server(size=MiB, seed=2, path="/two.bin").url, "--dest", str(mf.dest))
+    second = faulty_server(size=MiB, seed=2, path="/two.bin").url
+    result = mf.run("download", "--quiet", "--url", second, "--dest", str(mf.dest))
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(lock.stat().st_mode) == 0o600
 
