@@ -71,6 +71,7 @@ class TargetLock:
     def release(self) -> None:
         """Drop the lock."""
         if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # a later holder that is not modfetch must not be named by our old pid
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
