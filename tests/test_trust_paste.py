@@ -21,7 +21,9 @@ from modfetch.state import DownloadRow, locked_error
 from modfetch.util.filenames import check_plain_filename, filename_from_url, sanitize_filename, sanitize_relpath
 from tests.conftest import Modfetch
 from tests.lookalike import LookalikeServer, Request, Response, serve_bytes
+from tests.lookalike.civitai import CivitaiData, CivitaiLookalike
 from tests.test_artifacts_detect import write_gguf
+from tests.test_civitai_resolver import use
 
 SHELL_META = set("$`;|&<>'\"\\")
 
@@ -144,3 +146,14 @@ def test_locked_state_hint_quotes_the_path() -> None:
     assert hint is not None
     command = hint.split("find it with: ", 1)[1].rsplit("; rerun", 1)[0]
     assert shlex.split(command) == ["fuser", "-v", str(path)]
+
+
+def test_civitai_wrong_model_hint_is_one_pasteable_word(mf: Modfetch) -> None:
+    """The suggested ``civitai://model/N?version=M`` is quoted: an unquoted ``?`` is a glob (zsh: no matches)."""
+    with CivitaiLookalike(CivitaiData.demo()) as civ:
+        use(mf, civ)
+        result = mf.download("civitai://model/5500?version=130072")
+    assert result.exit_code == 2, result.output
+    hint = next(line for line in result.stderr.splitlines() if "hint:" in line).split("hint: use ", 1)[1]
+    assert hint == "'civitai://model/4201?version=130072'"
+    assert shlex.split(hint) == ["civitai://model/4201?version=130072"]
