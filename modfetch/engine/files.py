@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -71,7 +72,8 @@ class TargetLock:
     def release(self) -> None:
         """Drop the lock."""
         if self.fd is not None:
-            os.ftruncate(self.fd, 0)  # a later holder that is not modfetch must not be named by our old pid
+            with contextlib.suppress(OSError):  # a later holder that is not modfetch must not get our old pid
+                os.ftruncate(self.fd, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
