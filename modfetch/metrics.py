@@ -5,6 +5,8 @@ monotonic across runs and processes; gauges are derived from the ``downloads`` t
 under an exclusive lock beside it, to a uniquely named temp file in the same directory, fsynced and
 ``os.replace``d: a scrape sees either the previous or the next complete file, never a torn or mixed one,
 and two processes writing at once serialise (the later write always carries the newer counter values).
+Metrics are best-effort: the lock is waited for at most ``LOCK_WAIT_SECONDS`` and on contention this write
+is skipped (a later checkpoint writes newer values), so a lock held by anyone can never stall a download.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
 }
 # Every file render() writes starts with this: how check_target() recognises modfetch's own textfile.
 _OWN_HEADER = b"# HELP modfetch_"
+# How long a write waits for the textfile lock before skipping; a few writers serialise well within it.
+LOCK_WAIT_SECONDS = 0.5
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
@@ -152,22 +156,47 @@ def check_target(path: Path) -> None:
                             hint="point metrics.prometheus_textfile.path at a file of its own")
 
 
-def write_textfile(state_db: Path, path: Path) -> str:
-    """Collect from ``state_db`` and write ``path`` under an exclusive lock; returns the text written."""
+class MetricsBusy(ModfetchError):
+    """The textfile lock stayed held for ``LOCK_WAIT_SECONDS``: this write is skipped."""
+
+
+def _lock_bounded(fd: int, seconds: float) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` within ``seconds`` (polling, never blocking); True when held."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
+def write_textfile(state_db: Path, path: Path, lock_wait: float = LOCK_WAIT_SECONDS) -> str:
+    """Collect from ``state_db`` and write ``path`` under an exclusive lock; returns the text written.
+
+    Raises MetricsBusy when another process (of any user) keeps the lock for ``lock_wait`` seconds."""
     if path.parent.exists() and not path.parent.is_dir():  # mkdir would say "File exists"
         raise ModfetchError(f"{path.parent} is not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.parent / f".{path.name}.lock"
     # O_NOFOLLOW: the lock name is predictable, and a link planted there (the textfile directory is often
-    # shared with node_exporter's group) must not make modfetch create or open a file elsewhere.
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    # shared with node_exporter's group) must not make modfetch create or open a file elsewhere.  0600:
+    # flock works on a read-only descriptor, so a lock file others can open is one they can hold forever.
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "r+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & 0o077:
+            os.fchmod(fd, 0o600)  # a lock file left 0644 by an older modfetch
+        if not _lock_bounded(lock.fileno(), lock_wait):
+            raise MetricsBusy(f"{lock_path} is held by another process; skipping this metrics write")
         try:
             if state_db.exists():
                 # Read-only: a writable open would run recover_stale, which treats this process's own
-                # running downloads as stale.
-                db = StateDB(state_db, readonly=True)
+                # running downloads as stale.  A short busy timeout: a DB another process keeps locked
+                # must not hold this best-effort write (and the download calling it) for 30 s.
+                db = StateDB(state_db, readonly=True, busy_timeout=lock_wait)
                 try:
                     snap = collect(db)
                 finally:
@@ -197,6 +226,8 @@ class TextfileWriter:
             with self._lock:
                 write_textfile(self.state_db, self.path)
                 self.last_written = time.time()
+        except MetricsBusy as exc:  # contention is normal, not worth a warning: one debug line per skip
+            log.debug("%s", exc.message)
         except Exception as exc:  # metrics must never break a download
             if not self._warned:
                 self._warned = True
@@ -212,5 +243,5 @@ def checkpoint_writer(config: Config) -> Callable[[], None] | None:
     return TextfileWriter(config.state_db, config.metrics_path)
 
 
-__all__ = ["COUNTERS", "Snapshot", "TextfileWriter", "check_target", "checkpoint_writer", "collect",
-           "parse_labels", "render", "write_atomic", "write_textfile"]
+__all__ = ["COUNTERS", "LOCK_WAIT_SECONDS", "MetricsBusy", "Snapshot", "TextfileWriter", "check_target",
+           "checkpoint_writer", "collect", "parse_labels", "render", "write_atomic", "write_textfile"]

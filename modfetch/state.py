@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shlex
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +26,9 @@ from .errors import StateError
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
+# Seconds a statement waits for another process's lock before failing with a clear "locked" error (never an
+# endless wait); tests and impatient services lower it.
+BUSY_TIMEOUT_ENV = "MODFETCH_DB_BUSY_TIMEOUT"
 
 # Download statuses.  "running" rows whose owner process is gone become "interrupted" on the next open.
 PENDING, RUNNING, COMPLETE, VERIFIED, MISMATCH, FAILED, INTERRUPTED = (
@@ -214,9 +218,11 @@ def _decode_text(raw: bytes) -> str:
 class StateDB:
     """A connection to the state database; use one per thread (see module docstring)."""
 
-    def __init__(self, path: Path, readonly: bool = False, busy_timeout: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    def __init__(self, path: Path, readonly: bool = False, busy_timeout: float | None = None) -> None:
         self.path = path
         self.readonly = readonly
+        busy_timeout = default_busy_timeout() if busy_timeout is None else busy_timeout
+        self.busy_timeout = busy_timeout
         try:
             if readonly:
                 # Quoted: a '?' or '#' in the path would otherwise end the file name inside the URI.
@@ -238,17 +244,19 @@ class StateDB:
             else:
                 # Switching a brand-new file to WAL (and migrating it) can answer "database is locked" at
                 # once, without the busy handler, while another process does the same: retry those briefly.
-                self._retry_locked(lambda: self.conn.execute("PRAGMA journal_mode = WAL"))
+                self._retry_locked(lambda: self.conn.execute("PRAGMA journal_mode = WAL"), busy_timeout)
                 self.conn.execute("PRAGMA synchronous = NORMAL")
                 self.conn.execute("PRAGMA foreign_keys = ON")
-                self._retry_locked(self._migrate)
+                self._retry_locked(self._migrate, busy_timeout)
         except sqlite3.Error as exc:
+            if _is_locked(exc):
+                raise locked_error(path, busy_timeout) from None
             raise StateError(f"cannot open state database {path}: {exc}") from None
         except OSError as exc:
             raise StateError(f"cannot open state database {path}: {exc.strerror or exc}") from None
 
     @staticmethod
-    def _retry_locked(action: Callable[[], object], seconds: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    def _retry_locked(action: Callable[[], object], seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while True:
             try:
@@ -508,6 +516,28 @@ _SQLITE_FULL, _SQLITE_OS = 13, {3: "permission denied", 5: "busy", 6: "locked", 
                                 14: "cannot open"}
 
 
+def default_busy_timeout() -> float:
+    """The lock wait in seconds: ``$MODFETCH_DB_BUSY_TIMEOUT`` when it is a sane number, else 30."""
+    try:
+        seconds = float(os.environ.get(BUSY_TIMEOUT_ENV, ""))
+    except ValueError:
+        return BUSY_TIMEOUT_MS / 1000
+    return seconds if 0 <= seconds <= 3600 else BUSY_TIMEOUT_MS / 1000
+
+
+def _is_locked(exc: sqlite3.Error) -> bool:
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # Python >= 3.11; the message before that
+    return code in (5, 6) or "database is locked" in str(exc) or "database is busy" in str(exc)
+
+
+def locked_error(path: str | os.PathLike[str], seconds: float | None = None) -> StateError:
+    """The StateError for a state DB another process kept locked past the busy timeout."""
+    waited = f" (waited {seconds:g} s)" if seconds is not None else ""
+    return StateError(f"state database {path} is locked by another process{waited}",
+                      hint=f"find it with: {shlex.join(['fuser', '-v', str(path)])}; rerun the same command when "
+                           "it is done (a download resumes where it stopped)")
+
+
 def db_failure(exc: sqlite3.Error, path: str | os.PathLike[str]) -> StateError:
     """The StateError for a statement that failed on a database that opened fine.
 
@@ -518,6 +548,8 @@ def db_failure(exc: sqlite3.Error, path: str | os.PathLike[str]) -> StateError:
     resume = "rerun the same command: the download resumes where it stopped"
     if code == _SQLITE_FULL or "disk is full" in text:
         return StateError(f"cannot write state database {path}: the disk is full", hint=f"free some space and {resume}")
+    if _is_locked(exc):
+        return locked_error(path)
     if code in _SQLITE_OS or any(word in text for word in ("I/O error", "readonly", "locked", "unable to open")):
         return StateError(f"cannot write state database {path}: {text}",
                           hint=f"free some space or fix the folder's permissions, then {resume}")
@@ -525,9 +557,9 @@ def db_failure(exc: sqlite3.Error, path: str | os.PathLike[str]) -> StateError:
                       hint="move state.db aside (keeping a copy) and rerun; files on disk are kept and re-verified")
 
 
-def open_state(path: Path, readonly: bool = False, busy_timeout: float = BUSY_TIMEOUT_MS / 1000) -> StateDB:
+def open_state(path: Path, readonly: bool = False, busy_timeout: float | None = None) -> StateDB:
     """Open the state DB (creating and migrating it unless read-only) and recover stale running rows;
-    ``busy_timeout`` is how long a statement waits for another process's lock."""
+    ``busy_timeout`` is how long a statement waits for another process's lock (default: default_busy_timeout())."""
     if readonly and not path.exists():
         raise StateError(f"no state database at {path} yet", hint="run a download first")
     db = StateDB(path, readonly=readonly, busy_timeout=busy_timeout)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -210,7 +211,8 @@ def _place_one(source: linker.SourceFile, target: PlannedTarget, app: AppSpec, m
             if not ok and "not on PATH" not in message:
                 outcome.action = FAILED
         else:
-            outcome.message = "import with: " + " ".join(command)
+            # shlex.join: the path holds names a server chose; pasted unquoted, "$(...)" in one would run.
+            outcome.message = "import with: " + shlex.join(command)
     if result.message:
         log.info("%s: %s", target.target, result.message)
     return outcome
@@ -263,7 +265,8 @@ def _checked_sha256(path: Path, row: DownloadRow | None) -> str | None:
     if actual != row.sha256.lower():
         raise IntegrityError(f"{path} changed since modfetch downloaded it (sha256 {actual}, "
                              f"recorded {row.sha256}); nothing placed",
-                             hint=f"run 'modfetch verify' or download it again with --force (id {row.id})")
+                             hint=f"run: {shlex.join(['modfetch', 'verify', str(row.id)])}; or download it again "
+                                  "with --force")
     return actual
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..config import Config
+from ..engine.files import TargetLock
 from ..engine.hashing import sha256_file
-from ..errors import UsageError
+from ..errors import LockedError, UsageError
 from ..paths import expand_path
 from ..state import COMPLETE, FINISHED_STATUSES, MISMATCH, VERIFIED, DownloadRow, StateDB, open_state
 
@@ -55,54 +58,92 @@ def progress_of(row: DownloadRow) -> float | None:
 
 @dataclass
 class VerifyOutcome:
-    """One re-hashed file."""
+    """One re-hashed file; ``skipped`` when it could not be judged now (being downloaded, or changed meanwhile)."""
 
     row: DownloadRow
     ok: bool
     sha256: str | None
     message: str
+    skipped: bool = False
 
 
-def verify_rows(db: StateDB, rows: list[DownloadRow]) -> list[VerifyOutcome]:
-    """Re-hash finished files and record ``verified`` or ``mismatch``."""
+def verify_rows(db: StateDB, rows: list[DownloadRow], lock_dir: Path | None = None,
+                on_hashed: Callable[[DownloadRow], None] | None = None) -> list[VerifyOutcome]:
+    """Re-hash finished files and record ``verified`` or ``mismatch``.
+
+    ``rows`` only says which downloads to look at: each target's download lock (under ``lock_dir``) is taken
+    first (a target being downloaded is skipped, never judged half-written), its row is re-read under that
+    lock, and the verdict is written only if the row is still the one hashed against (``on_hashed`` runs in
+    between, for tests).  A ``--force`` re-download finishing after ``rows`` was read is never judged
+    against its old hash."""
     outcomes = []
-    for row in rows:
-        path = Path(row.dest_path)
-        if not row.sha256 or row.status not in (*FINISHED_STATUSES, MISMATCH):
-            outcomes.append(VerifyOutcome(row, False, None, f"not finished ({row.status})"))
-            continue
-        if not path.exists():
-            db.update_download(row.id, status=MISMATCH, error="file is missing")
-            outcomes.append(VerifyOutcome(row, False, None, "file is missing"))
-            continue
-        if not path.is_file():  # a directory or FIFO put in its place: reading a FIFO would block forever
-            db.update_download(row.id, status=MISMATCH, error="not a regular file")
-            outcomes.append(VerifyOutcome(row, False, None, "not a regular file"))
+    for snapshot in rows:
+        lock = TargetLock(lock_dir, Path(snapshot.dest_path)) if lock_dir is not None else None
+        try:
+            if lock is not None:
+                lock.acquire()
+        except LockedError as exc:
+            outcomes.append(VerifyOutcome(snapshot, False, None, f"skipped, busy: {exc.message}", skipped=True))
             continue
         try:
-            actual = sha256_file(path)
-        except OSError as exc:
-            outcomes.append(VerifyOutcome(row, False, None, f"cannot read: {exc.strerror}"))
-            continue
-        if actual == row.sha256:
-            st = os.stat(path)
-            meta = dict(row.meta, stat=[st.st_size, st.st_mtime_ns, st.st_ino], verified_at=time.time())
-            db.update_download(row.id, status=VERIFIED, error=None, meta=meta)
-            outcomes.append(VerifyOutcome(row, True, actual, "ok"))
-        else:
-            db.update_download(row.id, status=MISMATCH, error=f"on-disk sha256 {actual} != recorded {row.sha256}")
-            outcomes.append(VerifyOutcome(row, False, actual, "MISMATCH"))
+            row = db.get_download(snapshot.id)
+            if row is None:
+                outcomes.append(VerifyOutcome(snapshot, False, None, "skipped: forgotten meanwhile", skipped=True))
+            else:
+                outcomes.append(_verify_one(db, row, on_hashed))
+        finally:
+            if lock is not None:
+                lock.release()
     return outcomes
 
 
-def verify_paths(db: StateDB, paths: list[str]) -> list[VerifyOutcome]:
+def _verify_one(db: StateDB, row: DownloadRow, on_hashed: Callable[[DownloadRow], None] | None) -> VerifyOutcome:
+    """Hash one (freshly read) row's file and record the verdict unless the row changed meanwhile."""
+    path = Path(row.dest_path)
+    if not row.sha256 or row.status not in (*FINISHED_STATUSES, MISMATCH):
+        return VerifyOutcome(row, False, None, f"not finished ({row.status})")
+    if not path.exists():
+        return _judge(db, row, VerifyOutcome(row, False, None, "file is missing"),
+                      status=MISMATCH, error="file is missing")
+    if not path.is_file():  # a directory or FIFO put in its place: reading a FIFO would block forever
+        return _judge(db, row, VerifyOutcome(row, False, None, "not a regular file"),
+                      status=MISMATCH, error="not a regular file")
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        return VerifyOutcome(row, False, None, f"cannot read: {exc.strerror}")
+    if on_hashed is not None:
+        on_hashed(row)
+    if actual == row.sha256:
+        st = os.stat(path)
+        meta = dict(row.meta, stat=[st.st_size, st.st_mtime_ns, st.st_ino], verified_at=time.time())
+        return _judge(db, row, VerifyOutcome(row, True, actual, "ok"), status=VERIFIED, error=None, meta=meta)
+    return _judge(db, row, VerifyOutcome(row, False, actual, "MISMATCH"),
+                  status=MISMATCH, error=f"on-disk sha256 {actual} != recorded {row.sha256}")
+
+
+def _judge(db: StateDB, row: DownloadRow, outcome: VerifyOutcome, **fields: Any) -> VerifyOutcome:
+    """Write ``fields`` in one transaction only if the row is still ``row``; else a skipped outcome."""
+    with db.transaction():
+        now = db.get_download(row.id)
+        same = now is not None and all(getattr(now, name) == getattr(row, name)
+                                       for name in ("dest_path", "sha256", "status", "updated_at"))
+        if same:
+            db.update_download(row.id, **fields)
+    if same:
+        return outcome
+    return VerifyOutcome(row, False, None, "skipped: its download changed while it was hashed; not judged "
+                         "(rerun verify)", skipped=True)
+
+
+def verify_paths(db: StateDB, paths: list[str], lock_dir: Path | None = None) -> list[VerifyOutcome]:
     """Verify files by path: known downloads against the DB, others against a ``<file>.sha256`` beside them."""
     outcomes = []
     for raw in paths:
         path = expand_path(raw)
         row = db.find_by_dest(str(path))
         if row is not None:
-            outcomes.extend(verify_rows(db, [row]))
+            outcomes.extend(verify_rows(db, [row], lock_dir))
             continue
         checksum = path.with_name(path.name + ".sha256")
         if not path.exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -43,21 +44,26 @@ class TargetLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise LockedError naming the holder's pid."""
+        """Take the lock at once or raise LockedError naming the holder: never waits for another process."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            # O_NOFOLLOW: the pid is written (and the file truncated) through this descriptor.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise os_error(exc, "cannot create lock file", self.path) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            # Whoever holds it may have written anything there: only a plain number is shown as a pid.
+            holder = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
             os.close(fd)
             if holder == str(os.getpid()):  # flock is per open file: a second job of this very run
                 raise LockedError(f"this run already downloads {self.target} for another job or URL",
                                   hint="two sources resolve to the same file; give one another name") from None
-            raise LockedError(f"another modfetch process (pid {holder}) is already downloading {self.target}",
+            if holder.isascii() and holder.isdigit():
+                raise LockedError(f"another modfetch process (pid {holder}) is already downloading {self.target}",
+                                  hint="wait for it to finish; rerunning afterwards is safe") from None
+            raise LockedError(f"another process holds the lock {self.path} for {self.target}",
                               hint="wait for it to finish; rerunning afterwards is safe") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -66,6 +72,8 @@ class TargetLock:
     def release(self) -> None:
         """Drop the lock."""
         if self.fd is not None:
+            with contextlib.suppress(OSError):  # a later holder that is not modfetch must not get our old pid
+                os.ftruncate(self.fd, 0)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None

@@ -7,6 +7,7 @@ file there not named ``sha256-<hex>``.  ``ollama create NAME -f Modelfile`` impo
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import uuid
@@ -85,7 +86,7 @@ def run_create(argv: list[str], timeout: float = 3600.0) -> tuple[bool, str]:
     """Run ``ollama create`` when the binary is on PATH: (ok, message)."""
     binary = shutil.which(argv[0])
     if binary is None:
-        return False, "ollama is not on PATH; run the command yourself"
+        return False, f"ollama is not on PATH; run the command yourself: {shlex.join(argv)}"
     try:
         proc = subprocess.run([binary, *argv[1:]], capture_output=True, text=True, timeout=timeout,
                               check=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -137,7 +138,7 @@ def _load(client: SourceClient, ref: CivitaiUri,
         owner = _int(version.get("modelId"))
         if ref.model_id is not None and owner is not None and owner != ref.model_id:
             raise UsageError(f"CivitAI version {ref.version_id} belongs to model {owner}, not {ref.model_id}",
-                             hint=f"use civitai://model/{owner}?version={ref.version_id}")
+                             hint=f"use {shlex.quote(f'civitai://model/{owner}?version={ref.version_id}')}")
         model = _dict(version.get("model"))
         model_id = owner or ref.model_id
         if model_id is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import shlex
 import unicodedata
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -14,13 +15,18 @@ from ..paths import require_utf8
 # C0/C1 controls, and the bidirectional controls that let a name display as something else
 # ("evil\u202egnp.exe" shows as "evilexe.png"); the zero-width joiner stays (emoji, Indic scripts).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+# Shell metacharacters no model file name needs: a server-chosen name lands in commands printed for the user
+# to paste (``ollama create ... -f PATH``), where ``$(...)``, backticks or ``;`` would run code if a printer
+# ever forgot to quote.  Parentheses, spaces and ``#`` stay ("model (1).safetensors" is common).
+_SHELL_META = re.compile("[$`;|&<>'\"]")
 _MAX_NAME_BYTES = 240  # leaves room for ".part" / ".sha256" within NAME_MAX (255)
 FALLBACK_NAME = "download.bin"
 
 
 def sanitize_filename(name: str | None, fallback: str = FALLBACK_NAME) -> str:
-    """One safe path component: no separators, no ``..``, no control characters, never empty or hidden-dot."""
-    cleaned = _clean(name)
+    """One safe path component: no separators, no ``..``, no control characters, never empty or hidden-dot,
+    and no shell metacharacters (``$ ` ; | & < > ' "`` become ``_``)."""
+    cleaned = _SHELL_META.sub("_", _clean(name))
     return _shorten(cleaned) if cleaned else fallback
 
 
@@ -59,15 +65,16 @@ def check_plain_filename(name: str, what: str) -> str:
     than asked would surprise, so the error suggests the safe spelling instead."""
     require_utf8(name, what)
     safe = sanitize_filename(name, fallback="")
-    if name and _clean(name) == name and safe != name:
+    if name and _clean(name) == name and not _SHELL_META.search(name) and safe != name:
         # Only shortened: say so (the generic message would send the user hunting for a bad character).
         raise UsageError(f"{what} is {len(name.encode('utf-8'))} bytes long; at most {_MAX_NAME_BYTES} bytes fit "
-                         "(with room for .part and .sha256 within the file system's 255)", hint=f"e.g. {safe!r}")
+                         "(with room for .part and .sha256 within the file system's 255)",
+                         hint=f"e.g. {shlex.quote(safe)}")
     if not name or safe != name:
-        hint = f"e.g. {safe!r}; use --dest or a job's dest for the folder" if safe else \
+        hint = f"e.g. {shlex.quote(safe)}; use --dest or a job's dest for the folder" if safe else \
             "use --dest or a job's dest for the folder"
-        raise UsageError(f"{what} must be a plain file name (no '/', ':', control characters, leading "
-                         f"dots or '.part' ending), got {name!r}", hint=hint)
+        raise UsageError(f"{what} must be a plain file name (no '/', ':', control characters, shell "
+                         f"metacharacters $`;|&<>'\", leading dots or '.part' ending), got {name!r}", hint=hint)
     return name
 
 
