@@ -50,13 +50,19 @@ def read_capped(response: requests.Response, limit: int, too_big: str | None) ->
         raise HTTPStatusError(too_big, response.status_code, hint="check that the configured endpoint is that "
                                                                   "service")
     body = bytearray()
-    for block in response.iter_content(_READ_BLOCK):
-        body += block
-        if len(body) > limit:
-            if too_big is None:
-                return bytes(body[:limit])
-            raise HTTPStatusError(too_big, response.status_code,
-                                  hint="check that the configured endpoint is that service")
+    try:
+        for block in response.iter_content(_READ_BLOCK):
+            body += block
+            if len(body) > limit:
+                if too_big is None:
+                    return bytes(body[:limit])
+                raise HTTPStatusError(too_big, response.status_code,
+                                      hint="check that the configured endpoint is that service")
+    except requests.RequestException as exc:  # cut off, reset or stalled mid-body
+        if too_big is None:
+            return bytes(body)  # an error body is only drained: its status already says what happened
+        raise NetworkError(f"the answer from {host_of(response.url)} broke off ({type(exc).__name__})",
+                           hint="check your connection and the source's endpoint in the config") from None
     return bytes(body)
 
 
