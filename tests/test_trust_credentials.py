@@ -250,11 +250,18 @@ def test_cli_civitai_token_never_reaches_the_evil_host(mf: Modfetch, pair: Pair,
     assert CIV_TOKEN not in _everything(mf, proc.stdout, proc.stderr, debug.stderr)
 
 
-def test_cli_refuses_a_hostile_initial_url_before_any_request(mf: Modfetch, pair: Pair) -> None:
-    """A plain URL given on the command line with a hostile spelling is refused, nothing is contacted."""
-    url = pair.hostile(HOSTILE[0])
+@pytest.mark.parametrize("template", [HOSTILE[0], HOSTILE[2], HOSTILE[3], "http://127.0.0.1:{evil}%5C@127.0.0.1:{hub}/x",
+                                      "http://127.0.0.1:{hub}\\@127.0.0.1:{evil}/x", "http://12%37.0.0.1:{evil}/x"])
+def test_cli_refuses_a_hostile_initial_url_before_any_request(mf: Modfetch, pair: Pair, template: str) -> None:
+    """A plain URL given on the command line with a spelling the parsers read two ways is a usage error
+    (exit 2) before any request; a harmless look-alike (``%5C`` in user-info) is not refused."""
+    url = pair.hostile(template)
     proc = mf.run("download", "--url", url, "--dest", str(mf.dest))
-    assert proc.returncode != 0, proc.stderr
-    assert_clean_error(proc.stderr)
+    if "%5C" in template:  # user-info ``127.0.0.1:EVIL\`` for both parsers: an ordinary URL to the hub
+        assert "refusing" not in proc.stderr and pair.evil.requests() == [], proc.stderr
+        assert pair.hub.requests(), proc.stderr
+        return
+    assert proc.returncode == 2, proc.stderr
+    assert_clean_error(proc.stderr, "refusing the URL")
     pair.evil_saw_nothing()
     assert pair.hub.requests() == []
