@@ -152,7 +152,8 @@ def guard_session(session: requests.Session) -> None:
 
 
 def host_of(url: str) -> str:
-    """``host[:port]`` of a URL, lower-cased: the unit auth headers are bound to."""
+    """``host[:port]`` of a URL as written, lower-cased, for messages (the credential decision reads the host as
+    the connection does: ``origin.may_carry_credentials``)."""
     return urlsplit(url).netloc.rsplit("@", 1)[-1].lower()
 
 
