@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import http.client
+import os
 import socket
 import ssl
 import threading
@@ -16,10 +17,12 @@ import requests
 import requests.adapters
 import urllib3.connection
 import urllib3.connectionpool
+import urllib3.exceptions
 
 from ..errors import AuthError, HTTPStatusError, NotFoundError, TLSError
 from ..util.http import parse_retry_after
 from ..util.redact import redact, redact_url
+from .origin import connection_origin, may_carry_credentials
 
 MAX_REDIRECTS = 10
 HEADER_DEADLINE_FACTOR = 2.0  # response headers must be complete within this many read timeouts
@@ -149,7 +152,8 @@ def guard_session(session: requests.Session) -> None:
 
 
 def host_of(url: str) -> str:
-    """``host[:port]`` of a URL, lower-cased: the unit auth headers are bound to."""
+    """``host[:port]`` of a URL as written, lower-cased, for messages (the credential decision reads the host as
+    the connection does: ``origin.may_carry_credentials``)."""
     return urlsplit(url).netloc.rsplit("@", 1)[-1].lower()
 
 
@@ -174,27 +178,85 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
                      if isinstance(e, BaseException))
 
 
+def ca_source() -> str | None:
+    """Which CA variable the TLS check used and which it ignored (requests lets REQUESTS_CA_BUNDLE, then
+    CURL_CA_BUNDLE, win over the SSL_CERT_FILE / SSL_CERT_DIR that ``make_session`` applies), or None when
+    none is set (certifi's bundle)."""
+    names = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
+    present = [(name, os.environ[name]) for name in names if os.environ.get(name)]
+    usable = [(name, value) for name, value in present if name.endswith("_BUNDLE")
+              or (os.path.isfile(value) if name == "SSL_CERT_FILE" else os.path.isdir(value))]
+    if not present:
+        return None
+    if not usable:
+        return "none of " + ", ".join(f"{n}={v}" for n, v in present) + " exists, so certifi's bundle was used"
+    winner = usable[0]
+    ignored = [f"{n}={v}" for n, v in present if (n, v) != winner]
+    text = f"certificates were checked against {winner[0]}={winner[1]}"
+    return text + (f" ({', '.join(ignored)} ignored while it is set)" if ignored else "")
+
+
+def _ca_hint(prefix: str) -> str:
+    source = ca_source()
+    return f"{prefix}{_CA_HINT}" + (f"; {source}" if source else "")
+
+
 def tls_failure(exc: BaseException, url: str) -> TLSError | None:
     """A final TLSError when ``exc`` is a TLS failure that retrying cannot fix, else None (a handshake cut
-    short by a reset or a timeout stays a transient network failure)."""
+    short by a reset or a timeout stays a transient network failure).  The hint names the CA variable used."""
     host = host_of(url)
     for err in _causes(exc):
         if isinstance(err, ssl.SSLCertVerificationError):
             detail = err.verify_message or err.reason or str(err)
             return TLSError(f"TLS certificate verification failed for {host}: {detail}",
-                            hint=f"if you trust this server, {_CA_HINT}")
+                            hint=_ca_hint("if you trust this server, "))
         if isinstance(err, ssl.SSLError) and err.library in ("X509", "PEM"):
             return TLSError(f"cannot load the CA certificates to verify {host}: {err.reason or err}",
-                            hint=_CA_HINT)
+                            hint=_ca_hint(""))
         if isinstance(err, ssl.SSLError) and err.reason in _NOT_TLS_REASONS:
             return TLSError(f"{host} does not speak TLS ({err.reason}): is it a plain-HTTP port?",
                             hint="check the URL's port, or use http:// if the server has no TLS")
     return None
 
 
-def connect_failure(exc: BaseException, url: str) -> RetryableError | None:
+def proxy_in_use(session: requests.Session, url: str) -> str | None:
+    """``host:port`` of the proxy requests sends ``url`` through (environment or session), without the
+    user-info a proxy URL may carry; None when there is none."""
+    try:
+        proxies = session.merge_environment_settings(url, {}, None, None, None)["proxies"]
+        proxy = requests.utils.select_proxy(url, proxies)
+        if not proxy:
+            return None
+        return connection_origin(proxy if "://" in proxy else f"http://{proxy}").authority
+    except Exception:  # an unusable proxy setting: requests reports it on its own
+        return None
+
+
+def proxy_failure(exc: BaseException, url: str, session: requests.Session) -> RetryableError | None:
+    """A RetryableError (``unreachable``) naming the proxy when ``exc`` is a failure to use it (a dead or
+    refusing proxy used to be reported as the origin refusing the connection), else None."""
+    if not any(isinstance(err, (urllib3.exceptions.ProxyError, requests.exceptions.ProxyError))
+               for err in _causes(exc)):
+        return None
+    proxy = proxy_in_use(session, url) or "configured"
+    what = f"the proxy {proxy} (from the *_PROXY environment variables) for {host_of(url)}"
+    for err in _causes(exc):
+        if isinstance(err, ConnectionRefusedError):
+            return RetryableError(f"connection refused by {what}", unreachable=True)
+        if isinstance(err, socket.gaierror):
+            return RetryableError(f"cannot resolve the host name of {what}", unreachable=True)
+        if isinstance(err, OSError) and err.errno in _NO_ROUTE_ERRNOS:
+            return RetryableError(f"no route to {what}", unreachable=True)
+    return RetryableError(f"{what} failed or refused the request", unreachable=True)
+
+
+def connect_failure(exc: BaseException, url: str, session: requests.Session | None = None) -> RetryableError | None:
     """A RetryableError marked ``unreachable`` when ``exc`` means no connection could be made (refused, host
-    name not resolvable, no route), else None."""
+    name not resolvable, no route; through ``session``'s proxy, naming the proxy), else None."""
+    if session is not None:
+        failed_proxy = proxy_failure(exc, url, session)
+        if failed_proxy is not None:
+            return failed_proxy
     host = host_of(url)
     for err in _causes(exc):
         if isinstance(err, ConnectionRefusedError):
@@ -208,11 +270,11 @@ def connect_failure(exc: BaseException, url: str) -> RetryableError | None:
 
 def headers_for(url: str, base: Mapping[str, str], auth: Mapping[str, str], auth_host: str | None,
                 auth_scheme: str | None = None) -> dict[str, str]:
-    """Request headers for ``url``: ``auth`` headers only when the URL is on ``auth_host`` over the same or a
-    stronger scheme (never downgraded from https to http)."""
+    """Request headers for ``url``: ``auth`` headers only when the URL connects to ``auth_host`` over the same
+    or a stronger scheme (``origin.may_carry_credentials``, the one credential decision)."""
     headers = dict(base)
-    parts = urlsplit(url)
-    if auth and auth_host and host_of(url) == auth_host and not (auth_scheme == "https" and parts.scheme != "https"):
+    # may_carry_credentials also refuses (AmbiguousURLError) a URL whose host urlsplit and urllib3 disagree on.
+    if may_carry_credentials(url, auth_host, auth_scheme) and auth:
         headers.update(auth)
     return headers
 
@@ -233,7 +295,7 @@ def request(session: requests.Session, method: str, url: str, *, base_headers: M
             auth: Mapping[str, str], auth_host: str | None, timeout: tuple[float, float],
             stream: bool = True) -> tuple[requests.Response, str]:
     """Send ``method`` following redirects by hand so auth never leaves ``auth_host``; return (response, url)."""
-    auth_scheme = urlsplit(url).scheme if auth_host and host_of(url) == auth_host else None
+    auth_scheme = connection_origin(url).scheme if may_carry_credentials(url, auth_host) else None
     guard_session(session)
     for _ in range(MAX_REDIRECTS + 1):
         headers = headers_for(url, base_headers, auth, auth_host, auth_scheme)
@@ -249,7 +311,7 @@ def request(session: requests.Session, method: str, url: str, *, base_headers: M
             failure = tls_failure(exc, url)  # (requests' SSLError is a ConnectionError)
             if failure is not None:
                 raise failure from None
-            unreachable = connect_failure(exc, url)
+            unreachable = connect_failure(exc, url, session)
             if unreachable is not None:
                 raise unreachable from None
             raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None

@@ -27,13 +27,43 @@ from ..engine.http import (
     host_of,
     tls_failure,
 )
+from ..engine.origin import connection_origin
 from ..errors import AuthError, HTTPStatusError, NetworkError, UsageError
-from ..util.http import parse_retry_after
+from ..util.http import header_int, parse_retry_after
 from ..util.redact import redact, redact_url, register_token_env
 
 log = logging.getLogger("modfetch.resolvers")
 ATTEMPTS = 3
 MAX_REDIRECTS = 10
+MAX_JSON_BODY = 32 << 20  # the largest Hub tree page or CivitAI model is a few MiB
+MAX_ERROR_BODY = 64 << 10
+_READ_BLOCK = 64 << 10
+
+
+def read_capped(response: requests.Response, limit: int, too_big: str | None) -> bytes:
+    """At most ``limit`` bytes of ``response``'s (decoded) body, read block by block so memory stays bounded
+    whatever the framing (a lying or missing Content-Length, an endless chunked body).  Past ``limit``: an
+    HTTPStatusError saying ``too_big``, or, when ``too_big`` is None, the first ``limit`` bytes (the rest is
+    never read; closing the response drops the connection)."""
+    declared = header_int(response.headers.get("Content-Length"))
+    if too_big is not None and declared is not None and declared > limit:
+        raise HTTPStatusError(too_big, response.status_code, hint="check that the configured endpoint is that "
+                                                                  "service")
+    body = bytearray()
+    try:
+        for block in response.iter_content(_READ_BLOCK):
+            body += block
+            if len(body) > limit:
+                if too_big is None:
+                    return bytes(body[:limit])
+                raise HTTPStatusError(too_big, response.status_code,
+                                      hint="check that the configured endpoint is that service")
+    except requests.RequestException as exc:  # cut off, reset or stalled mid-body
+        if too_big is None:
+            return bytes(body)  # an error body is only drained: its status already says what happened
+        raise NetworkError(f"the answer from {host_of(response.url)} broke off ({type(exc).__name__})",
+                           hint="check your connection and the source's endpoint in the config") from None
+    return bytes(body)
 
 
 def token_from_env(names: Iterable[str]) -> tuple[str | None, str | None]:
@@ -59,12 +89,14 @@ def redirect_target(base: str, location: str, status: int) -> str:
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise HTTPStatusError(f"{host_of(base)} redirected to an unsupported URL {redact_url(target)!r}",
                               status)
+    connection_origin(target)  # refuses a target whose host the parsers disagree on
     return target
 
 
 def origin(url: str) -> tuple[str, str]:
-    """``(scheme, host:port)`` of a URL."""
-    return urlsplit(url).scheme.lower(), host_of(url)
+    """``(scheme, host:port)`` of a URL as the connection reads it (AmbiguousURLError when parsers disagree)."""
+    where = connection_origin(url)
+    return where.scheme, where.authority
 
 
 class SourceClient:
@@ -129,10 +161,13 @@ class SourceClient:
         response, _ = self.send("GET", url, accept="application/json")
         with response:
             if response.status_code >= 400:
-                response.content  # noqa: B018 - drain so the connection can be reused
+                # Drain a small error body so the connection can be reused; a bigger one is just dropped.
+                read_capped(response, MAX_ERROR_BODY, None)
                 return response, None
+            body = read_capped(response, MAX_JSON_BODY, f"{self.label} sent a JSON answer larger than "
+                                                       f"{MAX_JSON_BODY >> 20} MiB for {redact_url(url)}")
             try:
-                return response, json.loads(response.content)
+                return response, json.loads(body)
             except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting ("[[[[...")
                 raise HTTPStatusError(f"{self.label} sent invalid JSON for {redact_url(url)}",
                                       response.status_code,
@@ -154,7 +189,8 @@ class SourceClient:
                 failure = tls_failure(exc, url)  # an untrusted certificate is not transient: no retry
                 if failure is not None:
                     raise failure from None
-                unreachable = connect_failure(exc, url)  # "connection refused" says more than "ConnectionError"
+                # "connection refused" (by the origin or the proxy) says more than "ConnectionError"
+                unreachable = connect_failure(exc, url, self.session)
                 last = str(unreachable) if unreachable else f"{type(exc).__name__} talking to {host_of(url)}"
             except ValueError as exc:
                 # requests parses a Location even with allow_redirects=False ("Invalid IPv6 URL"): not transient.

@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from ..engine.origin import AmbiguousURLError, connection_origin
 from ..errors import UsageError
 from ..util.filenames import filename_from_url
 from ..util.redact import redact_url
@@ -13,7 +14,7 @@ from .base import ResolvedFile
 
 
 def validate_http_url(uri: str) -> None:
-    """Raise UsageError unless ``uri`` is an absolute http(s) URL with a host."""
+    """Raise UsageError unless ``uri`` is an absolute http(s) URL with a host that every parser reads alike."""
     try:
         parts = urlsplit(uri)
         port = parts.port
@@ -23,6 +24,10 @@ def validate_http_url(uri: str) -> None:
         raise UsageError(f"invalid URL {redact_url(uri)!r}", hint="expected http(s)://host/path, hf://... or civitai://...")
     if port == 0 or any(c in uri for c in " \t\r\n"):
         raise UsageError(f"invalid URL {redact_url(uri)!r}")
+    try:
+        connection_origin(uri)  # a host the HTTP parsers read two ways (``http://a:1\\@b/``) is no usable URL
+    except AmbiguousURLError as exc:
+        raise UsageError(exc.message, hint=exc.hint) from None
 
 
 class HttpResolver:
