@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import signal
-import time
+import threading
+
+import pytest
 
 from modfetch.state import COMPLETE, FAILED, open_state
+from tests.conftest import wait_for
 
 
 def _seed(mf) -> None:
@@ -28,12 +31,18 @@ def test_status_and_source_filters(mf) -> None:
     assert "no downloads match" in mf.cli("status", "--status", "running").stdout
 
 
-def test_watch_refreshes_until_ctrl_c(mf) -> None:
+def test_watch_refreshes_until_ctrl_c(mf, monkeypatch: pytest.MonkeyPatch) -> None:
     _seed(mf)
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")  # each redraw reaches the pipe as it is drawn
     proc = mf.popen("status", "--watch", "--status", "failed")
-    time.sleep(2.5)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    wait_for(lambda: "".join(seen).count("c.bin") >= 2, "a second redraw", proc=proc)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
+    assert proc.wait(timeout=20) == 0, proc.stderr.read() if proc.stderr else ""
+    reader.join(timeout=20)
+    out, err = "".join(seen), proc.stderr.read() if proc.stderr else ""
     assert out.count("c.bin") >= 2 and "a.bin" not in out
     assert "Traceback" not in err

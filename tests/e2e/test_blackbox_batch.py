@@ -21,7 +21,7 @@ import pytest
 
 from modfetch.metrics import collect
 from modfetch.state import DownloadRow, StateDB
-from tests.conftest import Modfetch, assert_clean_error
+from tests.conftest import Modfetch, assert_clean_error, wait_for
 from tests.servers.faulty import FaultyServer
 
 Serve = Callable[..., FaultyServer]
@@ -225,10 +225,7 @@ def test_sigterm_mid_batch_saves_state_and_the_rerun_finishes(mf: Modfetch, faul
     batch.write_text("jobs:\n" + "".join(f"  - {server.url_for(f'/t{i}.bin')}\n" for i in range(3)),
                      encoding="utf-8")
     proc = mf.popen("--quiet", "--json", "download", "--batch", str(batch))
-    deadline = time.monotonic() + 20
-    while not any(r["bytes_done"] for r in mf.rows()):
-        assert time.monotonic() < deadline and proc.poll() is None, "the batch never started downloading"
-        time.sleep(0.02)
+    wait_for(lambda: any(r["bytes_done"] for r in mf.rows()), "the batch to start downloading", proc=proc, seconds=20)
     proc.terminate()
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err

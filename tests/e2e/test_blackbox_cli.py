@@ -10,14 +10,13 @@ import os
 import signal
 import sqlite3
 import sys
-import time
 import types
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MiB, Modfetch, assert_clean_error
+from tests.conftest import MiB, Modfetch, assert_clean_error, wait_for
 from tests.helpers import write_lora
 from tests.servers.faulty import FaultyServer
 
@@ -133,10 +132,8 @@ def test_sigint_stops_a_batch(mf: Modfetch, faulty_server: Serve, tmp_path: Path
     batch.write_text("".join(f"  - {{uri: '{server.url}', dest: {tmp_path}/d{i}}}\n" for i in range(3)).join(
         ["jobs:\n", ""]))
     proc = mf.popen("download", "--quiet", "--batch", str(batch))
-    deadline = time.monotonic() + 20
-    while not any(r["status"] == "running" and r["bytes_done"] for r in mf.rows()):
-        assert time.monotonic() < deadline and proc.poll() is None, "the batch never started downloading"
-        time.sleep(0.05)
+    wait_for(lambda: any(r["status"] == "running" and r["bytes_done"] for r in mf.rows()),
+             "the batch to start downloading", proc=proc, seconds=20)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 130, stderr
@@ -267,10 +264,8 @@ def test_sigint_with_json_logs_keeps_stderr_json(mf: Modfetch, faulty_server: Se
     """Regression: the 'interrupted' line was plain text even with --json."""
     server = faulty_server(size=32 * MiB, rate=128 << 10)
     proc = mf.popen("--json", "download", "--quiet", "--dest", str(mf.dest), server.url)
-    deadline = time.monotonic() + 20
-    while not any(r["status"] == "running" and r["bytes_done"] for r in mf.rows()):
-        assert time.monotonic() < deadline and proc.poll() is None, "the download never started"
-        time.sleep(0.05)
+    wait_for(lambda: any(r["status"] == "running" and r["bytes_done"] for r in mf.rows()),
+             "the download to start", proc=proc, seconds=20)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 130, stderr

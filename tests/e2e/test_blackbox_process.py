@@ -13,7 +13,7 @@ import errno
 import os
 import sqlite3
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -175,22 +175,6 @@ def test_part_truncated_mid_download_never_ends_as_a_wrong_file(mf: Modfetch, fa
 
 
 # -- a full disk under the state DB ------------------------------------------------------------------------------
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A fresh 8 MiB tmpfs (the suite runs as root in CI); always unmounted at teardown."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True,
-                          text=True, check=False)
-    assert done.returncode == 0, f"root but cannot mount a tmpfs: {done.stderr}"
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
-
-
 def _fill(where: Path) -> Path:
     """Fill the file system holding ``where`` to the last block; returns the filler to delete later."""
     filler = where / "filler"

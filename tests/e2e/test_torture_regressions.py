@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from modfetch.app.status import select_downloads
 from modfetch.errors import UsageError
 from modfetch.state import ChunkRow, open_state
-from tests.conftest import Modfetch
+from tests.conftest import Modfetch, wait_for
 from tests.servers.faulty import FaultyServer
 
 MiB = 1 << 20
@@ -39,9 +39,7 @@ def test_next_start_resets_running_chunks_of_a_stopped_download(tmp_path: Path) 
 def test_sigterm_leaves_no_chunk_running(mf: Modfetch, faulty_server: Callable[..., FaultyServer]) -> None:
     server = faulty_server(size=16 * MiB, rate=2 * MiB)
     proc = mf.popen("--quiet", "download", "--url", server.url, "--dest", str(mf.dest))
-    deadline = time.monotonic() + 20
-    while server.body_bytes() < 2 * MiB and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: server.body_bytes() >= 2 * MiB, "the transfer under way", proc=proc, seconds=20)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -83,9 +81,7 @@ def test_signal_storm_stops_cleanly(mf: Modfetch, faulty_server: Callable[..., F
     mf.write_config(concurrency={"per_file_chunks": 4, "chunk_size_mb": 1})
     server = faulty_server(size=32 * MiB, rate=2 * MiB)
     proc = mf.popen("--quiet", "download", "--url", server.url, "--dest", str(mf.dest))
-    deadline = time.monotonic() + 20
-    while server.body_bytes() < 3 * MiB and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: server.body_bytes() >= 3 * MiB, "the transfer under way", proc=proc, seconds=20)
     for _ in range(10):   # a burst while the transfer runs (not during interpreter shutdown, which
         if proc.poll() is not None:   # restores the default handlers: a signal then is a plain kill)
             break

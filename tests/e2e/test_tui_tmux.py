@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from modfetch.state import FAILED, open_state
+from tests.conftest import wait_for
 from tests.e2e.tmux import Tmux, tmux_bin
 
 MiB = 1 << 20
@@ -36,10 +36,8 @@ def test_tui_shows_running_and_finished_downloads_and_every_key_works(mf, faulty
     held = faulty_server(size=2 * MiB, seed=2, path="/beta.bin", hold=True)
     downloader = mf.popen("--quiet", "download", "--url", held.url, "--dest", str(mf.dest))
     try:
-        deadline = time.monotonic() + 15
-        while not any(r["status"] == "running" and r["dest_path"].endswith("beta.bin") for r in mf.rows()):
-            assert time.monotonic() < deadline and downloader.poll() is None, "download never started"
-            time.sleep(0.05)
+        wait_for(lambda: any(r["status"] == "running" and r["dest_path"].endswith("beta.bin") for r in mf.rows()),
+                 "the download to start", proc=downloader, seconds=15)
         db = open_state(mf.state_db)
         gamma = db.create_download("https://example.com/gamma.bin?token=TOPSECRET123",
                                    str(mf.dest / "gamma.bin"),

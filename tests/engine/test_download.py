@@ -16,10 +16,6 @@ from tests.servers.faulty import FaultyServer
 Serve = Callable[..., FaultyServer]
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.mark.parametrize(("size", "args"), [
     (4 * MiB, ["--chunk-size", "1M"]),
     (7 * MiB + 12345, ["--chunk-size", "2M", "--concurrency", "3"]),

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from pathlib import Path
 
-from tests.conftest import MiB, Modfetch, assert_clean_error
+from tests.conftest import MiB, Modfetch, assert_clean_error, sha256_of
 from tests.servers.faulty import FaultyServer
 
 Serve = Callable[..., FaultyServer]
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_probe_is_head_then_ranged_get_then_chunks(mf: Modfetch, faulty_server: Serve) -> None:
@@ -45,7 +40,7 @@ def test_head_that_lies_about_size_is_not_trusted(mf: Modfetch, faulty_server: S
     assert result.exit_code == 0, result.output
     path = mf.dest / "file.bin"
     assert path.stat().st_size == 4 * MiB + 7
-    assert _sha(path) == server.sha256()
+    assert sha256_of(path) == server.sha256()
     assert "trusting the GET" in result.stderr
 
 
@@ -64,7 +59,7 @@ def test_no_range_support_is_one_stream(mf: Modfetch, faulty_server: Serve) -> N
     data = server.data_requests()
     assert len(data) == 1
     assert data[0].header("Range") is None and data[0].status == 200
-    assert _sha(mf.dest / "file.bin") == server.sha256()
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
     assert mf.status()[0]["status"] == "complete"
 
 
@@ -82,7 +77,7 @@ def test_no_content_length_chunked_transfer_is_one_stream(mf: Modfetch, faulty_s
     assert "no size" in result.stderr
     path = mf.dest / "file.bin"
     assert path.stat().st_size == 3 * MiB + 11
-    assert _sha(path) == server.sha256()
+    assert sha256_of(path) == server.sha256()
     row = mf.status()[0]
     assert row["status"] == "complete" and row["size"] in (None, 3 * MiB + 11)
 

@@ -9,12 +9,11 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from modfetch.engine.download import MAX_RESTARTS
-from tests.conftest import MiB, Modfetch, assert_clean_error
+from tests.conftest import MiB, Modfetch, assert_clean_error, wait_for
 from tests.servers.faulty import FaultyServer
 
 Serve = Callable[..., FaultyServer]
@@ -26,15 +25,6 @@ def _fail_partway(mf: Modfetch, server: FaultyServer, at: int, *args: str) -> No
     result = mf.download(server.url, "--concurrency", "1", "--chunk-size", "1M", *args)
     assert result.exit_code == 1, result.output
     server.configure(error_status=None)
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def test_resume_fetches_only_missing_chunks_with_if_range(mf: Modfetch, faulty_server: Serve) -> None:
@@ -146,7 +136,8 @@ def test_kill_9_mid_download_then_rerun_resumes(mf: Modfetch, faulty_server: Ser
             "--concurrency", "4")
     proc = mf.popen(*args)
     try:
-        _wait_for(lambda: any(r["status"] == "running" and r["bytes_done"] >= 3 * MiB for r in mf.rows()))
+        wait_for(lambda: any(r["status"] == "running" and r["bytes_done"] >= 3 * MiB for r in mf.rows()),
+                 "3 MiB downloaded", seconds=20)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
@@ -187,7 +178,7 @@ def test_ctrl_c_saves_state_and_rerun_resumes(mf: Modfetch, faulty_server: Serve
             "--concurrency", "4")
     proc = mf.popen(*args)
     try:
-        _wait_for(lambda: any(r["bytes_done"] >= 2 * MiB for r in mf.rows()))
+        wait_for(lambda: any(r["bytes_done"] >= 2 * MiB for r in mf.rows()), "2 MiB downloaded", seconds=20)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=15)
     finally:

@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from modfetch.config import load_config
 from modfetch.engine.files import TargetLock
-from tests.conftest import MiB, Modfetch, assert_clean_error
+from tests.conftest import MiB, Modfetch, assert_clean_error, wait_for
 from tests.servers.faulty import FaultyServer
 
 Serve = Callable[..., FaultyServer]
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 # -- existing files ------------------------------------------------------------------------------------------
@@ -114,7 +102,8 @@ def test_a_file_appearing_during_the_download_is_not_clobbered(mf: Modfetch, fau
     target = mf.dest / "file.bin"
     proc = mf.popen("download", "--quiet", "--url", server.url, "--dest", str(mf.dest))
     try:
-        _wait_for(lambda: any(r.faults == ["hold"] for r in server.data_requests()))
+        wait_for(lambda: any(r.faults == ["hold"] for r in server.data_requests()), "a held request",
+                 seconds=20)
         target.write_bytes(b"written by someone else meanwhile")
         server.release()
         _, stderr = proc.communicate(timeout=30)
@@ -136,7 +125,8 @@ def test_second_process_on_the_same_target_exits_clearly(mf: Modfetch, faulty_se
     first = mf.popen(*args)
     try:
         # the first process holds the lock once it is fetching data (its data requests are held)
-        _wait_for(lambda: any(r.faults == ["hold"] for r in server.data_requests()))
+        wait_for(lambda: any(r.faults == ["hold"] for r in server.data_requests()), "a held request",
+                 seconds=20)
         second = mf.run(*args, timeout=60)
         assert second.returncode == 1, second.stderr
         assert_clean_error(second.stderr, "another modfetch process", f"pid {first.pid}")
@@ -180,21 +170,6 @@ def test_different_targets_run_in_parallel(mf: Modfetch, faulty_server: Serve) -
 
 
 # -- OS errors -----------------------------------------------------------------------------------------------
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MiB tmpfs (needs root / CAP_SYS_ADMIN); unmounted at teardown."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def _grow(mount: Path) -> None:
     subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
 
