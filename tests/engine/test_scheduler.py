@@ -6,6 +6,7 @@ Pure in-memory state, so every case is a table: chunks in, what the scheduler ha
 from __future__ import annotations
 
 import hashlib
+import itertools
 import threading
 
 import pytest
@@ -88,7 +89,7 @@ def test_concurrent_workers_split_without_overlap_or_gap() -> None:
         t.join()
     spans = sorted((c.start, c.end) for c in scheduler.chunks)
     assert spans[0][0] == 0 and spans[-1][1] == 256 * MiB
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     assert len({c.idx for c in scheduler.chunks}) == len(scheduler.chunks)
 
 

@@ -102,7 +102,7 @@ def test_mapping_rules_replace_the_preset_folders_and_repeat_once() -> None:
 ])
 def test_invalid_mapping_rules_name_the_rule(rule: MappingRule, message: str) -> None:
     apps = {a.name: a for a in ALL}
-    with pytest.raises(ConfigError, match="placement.mapping\\[0\\]|placement.mapping:") as caught:
+    with pytest.raises(ConfigError, match=r"placement\.mapping(\[0\]|:)") as caught:
         validate_mapping([rule], apps)
     assert message in str(caught.value)
 
