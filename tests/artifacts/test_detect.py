@@ -14,6 +14,7 @@ import pytest
 from modfetch.artifacts import TYPES, detect
 from modfetch.artifacts.headers import read_gguf, read_safetensors
 from modfetch.errors import UsageError
+from tests.conftest import ROOT
 from tests.helpers import MANY, gguf_str, write_gguf, write_safetensors
 
 
@@ -181,6 +182,6 @@ def test_vocabulary_is_documented() -> None:
     assert {"sd.checkpoint", "sd.lora", "sd.vae", "sd.embedding", "sd.controlnet", "sd.upscaler",
             "sd.hypernetwork", "sd.text_encoder", "sd.diffusion_model", "llm.gguf", "hf.file",
             "generic"} <= set(TYPES)
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "PLACEMENT.md").read_text(encoding="utf-8")
+    doc = (ROOT / "docs" / "PLACEMENT.md").read_text(encoding="utf-8")
     for name in TYPES:
         assert f"`{name}`" in doc, name

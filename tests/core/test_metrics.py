@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modfetch import metrics
 from modfetch.state import COMPLETE, RUNNING, open_state
+from tests.conftest import ROOT
 
 MiB = 1 << 20
 FAMILIES = {
@@ -188,7 +189,7 @@ def test_concurrent_writers_never_tear_the_file(tmp_path: Path) -> None:
 
     read = threading.Thread(target=reader)
     read.start()
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     argv = [sys.executable, "-c", _WRITER, str(db_path), str(out), str(per_proc)]
     children = [subprocess.Popen(argv, env=env) for _ in range(procs)]
     writers = [threading.Thread(target=thread_writer) for _ in range(threads_n)]

@@ -18,6 +18,7 @@ import pytest
 
 from modfetch.cli.picker import candidate_line, with_picker
 from modfetch.errors import AmbiguousChoiceError, Candidate, UsageError
+from tests.conftest import ROOT
 from tests.e2e.tmux import Tmux
 
 MiB = 1 << 20
@@ -55,7 +56,7 @@ def driver(tmp_path: Path, mf, faulty_server) -> Iterator[tuple[list[str], Path]
 
 def _env() -> dict[str, str]:
     env = os.environ.copy()
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(ROOT)
     return env
 
 

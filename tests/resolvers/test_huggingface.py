@@ -13,7 +13,7 @@ from modfetch.app.download import DownloadOptions, download_uri
 from modfetch.config import Config, load_config
 from modfetch.errors import AmbiguousChoiceError, IntegrityError, UsageError
 from modfetch.progress import NullProgress
-from tests.conftest import Modfetch, assert_clean_error
+from tests.conftest import ROOT, Modfetch, assert_clean_error
 from tests.servers.lookalike.hub import GOOD_TOKEN, NOACCESS_TOKEN, HubData, HubFile, HubLookalike
 
 
@@ -332,7 +332,7 @@ def test_standalone_lookalikes_serve_a_data_dir(mf: Modfetch, tmp_path: Path) ->
     (repo / "sub").mkdir(parents=True)
     (repo / "sub" / "w.safetensors").write_bytes(b"\x00" * 5000)
     (repo / ".hub.json").write_text('{"aliases": ["mine"]}')
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.servers.lookalike.hub", "--data", str(tmp_path / "hubdata")],

@@ -123,6 +123,9 @@ class _Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     owner: LookalikeServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up mid-response (a killed download) are part of the game: stay quiet."""
+
 
 class LookalikeServer:
     """An ``App`` served on 127.0.0.1 from a daemon thread; ``records`` lists every request received."""
