@@ -15,9 +15,9 @@ from modfetch.config import load_config
 from modfetch.errors import AmbiguousChoiceError
 from modfetch.progress import NullProgress
 from tests.conftest import Modfetch, assert_clean_error
-from tests.servers.lookalike import Request, Response, pseudo_random_bytes
+from tests.servers.lookalike import pseudo_random_bytes
 from tests.servers.lookalike.civitai import CivFile, CivitaiData, CivitaiLookalike, CivModel, CivVersion
-from tests.servers.lookalike.hub import GOOD_TOKEN, NOACCESS_TOKEN, HubApp, HubData, HubLookalike
+from tests.servers.lookalike.hub import GOOD_TOKEN, NOACCESS_TOKEN, HubData, HubLookalike, RateLimitedHub
 
 WEIRD = {
     "sub dir/a b.txt": b"space\n",
@@ -120,18 +120,6 @@ def test_whole_gated_repo_with_access(mf: Modfetch, hub: HubLookalike, monkeypat
     assert result.exit_code == 0, result.output
     assert (mf.dest / "gated-model/README.md").read_bytes() == b"# gated\n"
     assert (mf.dest / "gated-model/model.safetensors").is_file()
-
-
-class RateLimitedHub(HubApp):
-    """The Hub answering its API with 429 + Retry-After the first ``limit`` times."""
-
-    limit = 1
-
-    def __call__(self, request: Request) -> Response:
-        if request.path.startswith("/api/") and self.limit > 0:
-            self.limit -= 1
-            return Response(429, b"Too Many Requests", [("Retry-After", "1"), ("X-Error-Message", "rate limited")])
-        return super().__call__(request)
 
 
 def test_api_rate_limit_is_waited_out(mf: Modfetch) -> None:

@@ -24,6 +24,7 @@ import pytest
 
 from tests.conftest import Modfetch, assert_clean_error
 from tests.servers.lookalike import LookalikeServer, Request, Response, serve_bytes
+from tests.servers.lookalike.echoing import EchoingHub
 
 DATA = bytes(range(256)) * 400  # 100 KiB
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -42,36 +43,9 @@ def files() -> Iterator[LookalikeServer]:
     server.stop()
 
 
-class EchoingHub:
-    """A Hub endpoint that knows repo ``a/b`` and answers the file's HEAD with a 302 to a CDN host whose URL
-    carries the caller's bearer token (raw in a ``token=`` parameter, percent-encoded in the path and in a
-    harmless-looking ``x=`` parameter), plus the token in ``X-Error-Message`` and a JSON body."""
-
-    def __init__(self) -> None:
-        self.cdn = LookalikeServer(_file_app).start()
-        self.hub = LookalikeServer(self.app).start()
-
-    def app(self, req: Request) -> Response:
-        token = req.bearer or "NOAUTH"
-        echo = [("X-Error-Message", f"Invalid credentials {token}"), ("Content-Type", "application/json")]
-        body = json.dumps({"error": f"bad token {token}"}).encode()
-        if req.path.startswith("/api/"):
-            if req.path.rstrip("/") == "/api/models/a/b":
-                return Response(200, b'{"id": "a/b"}', [("Content-Type", "application/json")])
-            return Response(404, b"{}", [("X-Error-Code", "RepoNotFound")])
-        enc = quote(token, safe="")
-        location = f"{self.cdn.url}/p/{enc}/file.bin?x={enc}&token={token}"
-        return Response(302, body, [*echo, ("Location", location), ("X-Linked-Size", str(len(DATA))),
-                                    ("X-Repo-Commit", "a" * 40), ("X-Linked-Etag", f'"{SHA}"')])
-
-    def stop(self) -> None:
-        self.hub.stop()
-        self.cdn.stop()
-
-
 @pytest.fixture
 def echoing_hub() -> Iterator[EchoingHub]:
-    hub = EchoingHub()
+    hub = EchoingHub(DATA)
     yield hub
     hub.stop()
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import subprocess
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from tests.conftest import Modfetch, assert_clean_error
+from tests.servers.scripted import Reply, Route, Scripted, ranged
 
 TOKEN = "tok_Blackbox+/=Secret%20xyz0123456789"
 COMMIT = "c" * 40
@@ -27,61 +25,6 @@ DATA = hashlib.sha256(b"blackbox").digest() * 2048  # 64 KiB
 SHA = hashlib.sha256(DATA).hexdigest()
 JSON = {"Content-Type": "application/json"}
 RUN_TIMEOUT = 30.0
-
-# (status, headers, body) for (method, path, lower-cased request headers)
-Reply = tuple[int, dict[str, str], bytes | str]
-Route = Callable[[str, str, dict[str, str]], Reply]
-
-
-class Scripted:
-    """A threaded HTTP/1.1 server answering every request with ``route``; records (method, path, headers)."""
-
-    def __init__(self, route: Route | None = None) -> None:
-        self.route: Route = route or (lambda m, p, h: (404, {}, b""))
-        self.seen: list[tuple[str, str, dict[str, str]]] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _answer(self) -> None:
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                owner.seen.append((self.command, self.path, headers))
-                status, extra, body = owner.route(self.command, self.path, headers)
-                raw = body.encode() if isinstance(body, str) else body
-                self.send_response(status)
-                for key, value in {"Content-Length": str(len(raw)), **extra}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(raw)
-
-            do_GET = do_HEAD = _answer
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def ranged(data: bytes, headers: dict[str, str], extra: dict[str, str] | None = None) -> Reply:
-    """``data`` honouring a single ``Range: bytes=A-[B]``."""
-    match = re.match(r"bytes=(\d+)-(\d*)$", headers.get("range", ""))
-    base = {"Accept-Ranges": "bytes", **(extra or {})}
-    if not match:
-        return 200, base, data
-    start = int(match.group(1))
-    end = min(int(match.group(2) or len(data) - 1), len(data) - 1)
-    return 206, {**base, "Content-Range": f"bytes {start}-{end}/{len(data)}"}, data[start:end + 1]
-
 
 @pytest.fixture
 def servers() -> Iterator[Callable[[Route | None], Scripted]]:

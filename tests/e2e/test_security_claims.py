@@ -15,36 +15,22 @@ import requests
 from modfetch.engine.http import headers_for, host_of, request
 from tests.conftest import MiB, Modfetch, assert_clean_error
 from tests.servers.faulty import FaultyServer
-from tests.servers.lookalike import LookalikeServer, Request, Response
 from tests.servers.lookalike.civitai import GOOD_TOKEN as CIVITAI_GOOD_TOKEN
 from tests.servers.lookalike.civitai import CivitaiLookalike
 from tests.servers.lookalike.hub import GOOD_TOKEN as HF_GOOD_TOKEN
 from tests.servers.lookalike.hub import HubLookalike
+from tests.servers.scripted import Redirector
 
 Serve = Callable[..., FaultyServer]
 TOKEN = "sekrit-bearer-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class _Redirector:
-    """A real HTTP server whose every request answers 302 to ``location`` (set after start)."""
-
-    def __init__(self) -> None:
-        self.location = ""
-        self.server = LookalikeServer(self.app).start()
-
-    def app(self, req: Request) -> Response:
-        return Response(302, b"", [("Location", self.location), ("Content-Length", "0")])
-
-    def saw_auth(self) -> list[bool]:
-        return ["authorization" in r.headers for r in self.server.requests()]
-
-
 @pytest.fixture
-def redirector() -> Iterator[_Redirector]:
-    r = _Redirector()
+def redirector() -> Iterator[Redirector]:
+    r = Redirector()
     yield r
-    r.server.stop()
+    r.stop()
 
 
 def _fetch(url: str, auth_host: str) -> requests.Response:
@@ -54,7 +40,7 @@ def _fetch(url: str, auth_host: str) -> requests.Response:
         return response
 
 
-def test_auth_header_is_dropped_on_redirect_to_another_host(faulty_server: Serve, redirector: _Redirector) -> None:
+def test_auth_header_is_dropped_on_redirect_to_another_host(faulty_server: Serve, redirector: Redirector) -> None:
     """The endpoint host gets the token; the host it redirects to (another host:port) never does."""
     cdn = faulty_server(size=64 << 10)
     redirector.location = cdn.url
@@ -64,7 +50,7 @@ def test_auth_header_is_dropped_on_redirect_to_another_host(faulty_server: Serve
     assert cdn.requests and all(r.header("Authorization") is None for r in cdn.requests)
 
 
-def test_auth_header_is_kept_on_a_same_host_redirect(redirector: _Redirector) -> None:
+def test_auth_header_is_kept_on_a_same_host_redirect(redirector: Redirector) -> None:
     """A relative redirect on the endpoint itself (a renamed repo) still carries the token; the second hop
     is the same server, which answers 302 again until the redirect limit, each time with the token."""
     redirector.location = "/elsewhere/on/the/same/host"

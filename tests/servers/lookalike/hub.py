@@ -500,6 +500,18 @@ class HubApp:
         return json_response(200, page, headers)
 
 
+class RateLimitedHub(HubApp):
+    """The Hub answering its API with 429 + Retry-After the first ``limit`` times (set ``limit`` any time)."""
+
+    limit = 1
+
+    def __call__(self, request: Request) -> Response:
+        if request.path.startswith("/api/") and self.limit > 0:
+            self.limit -= 1
+            return Response(429, b"Too Many Requests", [("Retry-After", "1"), ("X-Error-Message", "rate limited")])
+        return super().__call__(request)
+
+
 class CdnApp:
     """The LFS CDN: signed URLs only, Range support, records headers (via the server)."""
 
