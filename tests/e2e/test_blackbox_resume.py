@@ -77,6 +77,15 @@ def _interrupt(mf: Modfetch, server: FaultyServer, args: list[str], sig: signal.
     return saved
 
 
+def _rerun_ok(mf: Modfetch, server: FaultyServer, argv: list[str]) -> int:
+    """Run ``modfetch ARGV`` again: it must exit 0 with the served bytes; returns the body bytes it fetched."""
+    mark = server.mark()
+    rerun = mf.run(*argv)
+    assert rerun.returncode == 0, rerun.stderr
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
+    return server.body_bytes(mark)
+
+
 def _status(mf: Modfetch) -> list[dict[str, Any]]:
     done = mf.run("status", "--json")
     assert done.returncode == 0, done.stderr
@@ -96,11 +105,8 @@ def test_rerun_with_other_concurrency_and_chunk_size_keeps_the_chunks_done(mf: M
     server = faulty_server(size=SIZE)
     saved = _interrupt(mf, server, _args(mf, server, "--concurrency", "2", "--chunk-size", "1M"), sig)
     assert [r["status"] for r in _status(mf)] == ["interrupted"]
-    mark = server.mark()
-    rerun = mf.run(*_args(mf, server, "--concurrency", "7", "--chunk-size", "3M"))
-    assert rerun.returncode == 0, rerun.stderr
-    assert sha256_of(mf.dest / "file.bin") == server.sha256()
-    assert server.body_bytes(mark) <= SIZE - saved  # the plan of the first run is kept, whatever was asked now
+    fetched = _rerun_ok(mf, server, _args(mf, server, "--concurrency", "7", "--chunk-size", "3M"))
+    assert fetched <= SIZE - saved  # the plan of the first run is kept, whatever was asked now
     assert _rows(mf) == [("file.bin", "complete", SIZE)]
 
 
@@ -109,11 +115,8 @@ def test_rerun_after_the_config_changed_keeps_the_chunks_done(mf: Modfetch, faul
     mf.write_config(concurrency={"per_file_chunks": 2, "chunk_size_mb": 1})
     saved = _interrupt(mf, server, _args(mf, server), signal.SIGTERM)
     mf.write_config(concurrency={"per_file_chunks": 16, "chunk_size_mb": 4})
-    mark = server.mark()
-    rerun = mf.run(*_args(mf, server))
-    assert rerun.returncode == 0, rerun.stderr
-    assert sha256_of(mf.dest / "file.bin") == server.sha256()
-    assert server.body_bytes(mark) <= SIZE - saved
+    fetched = _rerun_ok(mf, server, _args(mf, server))
+    assert fetched <= SIZE - saved
 
 
 def test_status_while_running_and_after_each_signal_is_truthful(mf: Modfetch, faulty_server: Serve) -> None:
@@ -146,11 +149,8 @@ def test_rerun_into_another_dest_leaves_the_first_one_resumable(mf: Modfetch, fa
     assert sha256_of(other / "file.bin") == server.sha256()
     assert (mf.dest / "file.bin.part").exists()
     assert sorted(r[1] for r in _rows(mf)) == ["complete", "interrupted"]
-    mark = server.mark()
-    back = mf.run(*_args(mf, server))
-    assert back.returncode == 0, back.stderr
-    assert sha256_of(mf.dest / "file.bin") == server.sha256()
-    assert server.body_bytes(mark) <= SIZE - saved
+    fetched = _rerun_ok(mf, server, _args(mf, server))
+    assert fetched <= SIZE - saved
     assert sorted(r[1] for r in _rows(mf)) == ["complete", "complete"]
     assert not (mf.dest / "file.bin.part").exists()
 
@@ -230,10 +230,8 @@ def test_partly_fetched_chunk_is_kept_when_its_bytes_are_intact(mf: Modfetch, fa
     args = _args(mf, server, "--concurrency", "1", "--chunk-size", "1M")
     partial = _stop_inside_chunk_2(mf, server, args, signal.SIGKILL)
     mark = server.mark()
-    rerun = mf.run(*args)
-    assert rerun.returncode == 0, rerun.stderr
-    assert sha256_of(mf.dest / "file.bin") == server.sha256()
-    assert server.body_bytes(mark) == 2 * MiB - partial
+    fetched = _rerun_ok(mf, server, args)
+    assert fetched == 2 * MiB - partial
     assert server.data_requests(mark)[0].range_start == 2 * MiB + partial
 
 
@@ -267,11 +265,8 @@ def test_db_restored_from_an_older_backup_resumes_from_what_it_knows(mf: Modfetc
         Path(str(mf.state_db) + suffix).unlink(missing_ok=True)
     shutil.copyfile(tmp_path / "old.db", mf.state_db)
     known = _complete_bytes(mf)
-    mark = server.mark()
-    rerun = mf.run(*args)
-    assert rerun.returncode == 0, rerun.stderr
-    assert sha256_of(mf.dest / "file.bin") == server.sha256()
-    assert server.body_bytes(mark) <= SIZE - known
+    fetched = _rerun_ok(mf, server, args)
+    assert fetched <= SIZE - known
     assert _rows(mf) == [("file.bin", "complete", SIZE)]
 
 
@@ -340,11 +335,8 @@ def test_file_removed_upstream_is_one_line_and_keeps_the_part(mf: Modfetch, faul
     assert (mf.dest / "file.bin.part").exists() and not (mf.dest / "file.bin").exists()
     assert _complete_bytes(mf) == saved
     server.configure(error_status=None, include_probe=False, head_status=None)  # back again
-    mark = server.mark()
-    again = mf.run(*_args(mf, server))
-    assert again.returncode == 0, again.stderr
-    assert sha256_of(mf.dest / "file.bin") == server.sha256()
-    assert server.body_bytes(mark) <= SIZE - saved
+    fetched = _rerun_ok(mf, server, _args(mf, server))
+    assert fetched <= SIZE - saved
 
 
 def test_expired_signed_redirect_is_resolved_again_on_resume(mf: Modfetch, faulty_server: Serve) -> None:
@@ -392,11 +384,8 @@ def test_right_sha256_or_force_on_the_rerun_still_resumes(mf: Modfetch, faulty_s
                                                           extra: list[str]) -> None:
     server = faulty_server(size=SIZE)
     saved = _interrupt(mf, server, _args(mf, server, "--concurrency", "2"), signal.SIGINT)
-    mark = server.mark()
-    rerun = mf.run(*_args(mf, server, *[server.sha256() if e == "RIGHT" else e for e in extra]))
-    assert rerun.returncode == 0, rerun.stderr
-    assert sha256_of(mf.dest / "file.bin") == server.sha256()
-    assert server.body_bytes(mark) <= SIZE - saved
+    fetched = _rerun_ok(mf, server, _args(mf, server, *[server.sha256() if e == "RIGHT" else e for e in extra]))
+    assert fetched <= SIZE - saved
     assert _rows(mf) == [("file.bin", "complete", SIZE)]
 
 
