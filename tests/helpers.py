@@ -94,7 +94,7 @@ def write_test_config(path: Path, timeout_seconds: float = 3, max_retries: int =
     return path
 
 
-def isolated_env(home: Path, no_proxy: str = "127.0.0.1,localhost") -> dict[str, str]:
+def subprocess_env(home: Path, no_proxy: str = "127.0.0.1,localhost") -> dict[str, str]:
     """This process's environment without proxies or tokens, with HOME and XDG dirs under ``home``."""
     env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY") and "TOKEN" not in k}
     env.update(HOME=str(home), XDG_DATA_HOME=str(home / "data"), XDG_CONFIG_HOME=str(home / "config"),
@@ -105,7 +105,7 @@ def isolated_env(home: Path, no_proxy: str = "127.0.0.1,localhost") -> dict[str,
 def download_runner(tmp_path: Path, timeout_seconds: float = 3, max_retries: int = 2) -> Callable[..., Run]:
     """``run(*args)``: the installed ``modfetch download`` with an isolated HOME, small timeouts and few retries."""
     config = write_test_config(tmp_path / "config.yml", timeout_seconds, max_retries)
-    env = isolated_env(tmp_path / "home")
+    env = subprocess_env(tmp_path / "home")
     dest = tmp_path / "dest"
 
     def run(*args: str, dest_dir: Path | None = None, timeout: float = RUN_TIMEOUT) -> Run:
