@@ -227,3 +227,21 @@ def wait_for(condition: Callable[[], bool], what: str, proc: subprocess.Popen[st
             pytest.fail(f"modfetch exited ({proc.returncode}) before {what}: {proc.communicate()}")
         time.sleep(0.02)
     pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A fresh 8 MiB tmpfs (needs root); skipped with the reason when it cannot be mounted, always unmounted
+    at teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
