@@ -20,10 +20,10 @@ from modfetch.errors import IntegrityError, UsageError
 from modfetch.state import DownloadRow, locked_error
 from modfetch.util.filenames import check_plain_filename, filename_from_url, sanitize_filename, sanitize_relpath
 from tests.conftest import Modfetch
-from tests.lookalike import LookalikeServer, Request, Response, serve_bytes
-from tests.lookalike.civitai import CivitaiData, CivitaiLookalike
-from tests.test_artifacts_detect import write_gguf
-from tests.test_civitai_resolver import use
+from tests.helpers import write_gguf
+from tests.resolvers.test_civitai import use
+from tests.servers.lookalike import LookalikeServer, Request, Response, serve_bytes
+from tests.servers.lookalike.civitai import CivitaiData, CivitaiLookalike
 
 SHELL_META = set("$`;|&<>'\"\\")
 

@@ -23,7 +23,7 @@ from modfetch.engine.http import headers_for, request
 from modfetch.engine.origin import AmbiguousURLError, may_carry_credentials
 from modfetch.resolvers.api import SourceClient
 from tests.conftest import Modfetch, assert_clean_error
-from tests.lookalike import LookalikeServer, Request, Response, json_response, serve_bytes
+from tests.servers.lookalike import LookalikeServer, Request, Response, json_response, serve_bytes
 
 TOKEN = "hf_TrustHoleToken0123456789abcdef"
 CIV_TOKEN = "civ0123456789TrustHoleToken"

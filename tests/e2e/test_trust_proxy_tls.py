@@ -14,8 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.test_blackbox_faults import Run, assert_clean_error
-from tests.test_blackbox_urls import (  # noqa: F401 - fixtures
+from tests.e2e.test_blackbox_urls import (  # noqa: F401 - fixtures
     _file,
     _make_cert,
     _tls_url,
@@ -24,6 +23,8 @@ from tests.test_blackbox_urls import (  # noqa: F401 - fixtures
     mf_env,
     servers,
 )
+from tests.helpers import Run
+from tests.helpers import assert_run_error as assert_clean_error
 
 PROXY_SECRET = "pr0xyPassw0rd"
 

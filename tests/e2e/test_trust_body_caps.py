@@ -20,7 +20,7 @@ import requests
 from modfetch.errors import HTTPStatusError
 from modfetch.resolvers.api import MAX_ERROR_BODY, MAX_JSON_BODY, SourceClient
 from tests.conftest import Modfetch, assert_clean_error
-from tests.test_blackbox_faults import RawServer, Req, response
+from tests.servers.raw import RawServer, Req, response
 
 MiB = 1 << 20
 BLOCK = b"[" + b"0," * (32 * 1024 - 1) + b"0"  # 64 KiB of a JSON array that never closes

@@ -22,8 +22,8 @@ from modfetch.app.status import verify_rows
 from modfetch.engine.files import TargetLock
 from modfetch.state import DownloadRow, open_state
 from tests.conftest import Modfetch, sha256_of
-from tests.lookalike import LookalikeServer, Request, Response, pseudo_random_bytes, serve_bytes
-from tests.test_trust_locks import hold_flock
+from tests.e2e.test_trust_locks import hold_flock
+from tests.servers.lookalike import LookalikeServer, Request, Response, pseudo_random_bytes, serve_bytes
 
 
 class Versioned:
