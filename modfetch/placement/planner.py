@@ -44,6 +44,7 @@ class HfCacheEntry:
     ref: Path | None
     commit: str
     etag: str
+    tree: Path | None = None  # the repo's saved file listing (whole-repo downloads), for trees/<commit>.json
 
 
 @dataclass(frozen=True)
@@ -198,4 +199,5 @@ def hf_cache_entry(cache: Path, hints: Mapping[str, Any], filename: str) -> tupl
             return None, f"unsafe revision name {revision!r}"
         ref = repo_dir / "refs" / ref_rel
     snapshot = repo_dir / "snapshots" / commit / rel
-    return HfCacheEntry(repo_dir, repo_dir / "blobs" / etag, snapshot, ref, commit, etag), ""
+    tree = Path(str(hints["hf_tree"])) if hints.get("hf_tree") else None
+    return HfCacheEntry(repo_dir, repo_dir / "blobs" / etag, snapshot, ref, commit, etag, tree), ""
