@@ -26,7 +26,8 @@ from pathlib import Path
 
 from ..engine.hashing import git_blob_sha1
 from ..errors import DiskError, IntegrityError
-from ..util.hf_tree import load_listing, write_atomic
+from ..util.atomic import write_atomic
+from ..util.hf_tree import load_listing
 from .linker import COPY, HARDLINK, SKIPPED, SYMLINK, LinkResult, SourceFile, place
 from .planner import HfCacheEntry
 

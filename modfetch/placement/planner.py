@@ -91,6 +91,12 @@ def plan(source: Path, artifact_type: str, hints: Mapping[str, Any], apps: Seque
          rules: Sequence[MappingRule] = ()) -> Plan:
     """The placement plan for ``source`` of ``artifact_type`` across ``apps``."""
     result = Plan()
+    file_type = str(hints.get("file_type") or "")  # CivitAI files[].type
+    if file_type and v.civitai_not_model(file_type):
+        # A model's config, training data or archive is kept in the download folder, never put where an app
+        # would try to load it as a model (whatever --type or a mapping rule says).
+        result.notes.append(f"CivitAI file type {file_type!r} is not a model; downloaded, not placed")
+        return result
     mapped: dict[str, list[str]] = {}
     for rule in rules:
         if rule.type == artifact_type:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from .atomic import write_atomic
 
 log = logging.getLogger("modfetch.hf_tree")
 FORMAT_VERSION = 1
@@ -52,30 +52,6 @@ def listing(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 info.update(lfs_sha256=sha, lfs_size=lfs_size)
         files[path] = info
     return {"format_version": FORMAT_VERSION, "files": {p: files[p] for p in sorted(files)}}
-
-
-def write_atomic(path: Path, data: bytes, *, replace: bool = True) -> bool:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename (never a partial
-    file; a link planted at ``path`` is replaced, not written through).  With ``replace=False`` an existing
-    ``path`` is kept (``os.link`` refuses to clobber).  True when written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.modfetch-{uuid.uuid4().hex[:12]}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        if replace:
-            os.replace(temp, path)
-            return True
-        try:
-            os.link(temp, path, follow_symlinks=False)
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        temp.unlink(missing_ok=True)  # gone after a rename; the spare name after a link
 
 
 def save_listing(folder: Path, repo_type: str, repo_id: str, commit: str,
