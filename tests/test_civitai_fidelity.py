@@ -28,8 +28,6 @@ from tests.lookalike.civitai import (
     CivImage,
     CivitaiData,
     CivitaiLookalike,
-    CivModel,
-    CivVersion,
 )
 from tests.lookalike.hub import HubLookalike
 
