@@ -2,8 +2,8 @@
 
 Order: the variable the config names (``sources.huggingface.token_env``, default ``HF_TOKEN``), ``HF_TOKEN``,
 the legacy ``HUGGING_FACE_HUB_TOKEN``, then the token file ``hf auth login`` writes (``$HF_TOKEN_PATH``, else
-``$HF_HOME/token``).  Like ``_clean_token``: line breaks are removed, surrounding white space stripped, and an
-empty result means "no token here".  Like ``_get_token_from_environment``, the first *set* variable wins even if
+``$HF_HOME/token``).  Like ``_clean_token``: surrounding white space and line ends are stripped, and an empty
+result means "no token here" (a line break inside a token is refused, see ``clean_token``).  Like ``_get_token_from_environment``, the first *set* variable wins even if
 it holds only white space (then no variable gives a token and the file is read).
 
 The file is the client's own credential store, not modfetch configuration: its token is bound to the Hub host
@@ -34,10 +34,12 @@ class HfToken:
 
 
 def clean_token(raw: str | None) -> str | None:
-    """``huggingface_hub``'s ``_clean_token``: no CR/LF, stripped, None when empty."""
+    """As ``huggingface_hub``'s ``_clean_token``: surrounding white space and line ends stripped, None when
+    empty.  One deliberate difference: a line break *inside* the value is kept, so the client refuses the token
+    with a clear error (huggingface_hub would silently join two lines into one wrong token)."""
     if raw is None:
         return None
-    return raw.replace("\r", "").replace("\n", "").strip() or None
+    return raw.strip() or None
 
 
 def read_token_file(path: Path) -> str | None:
