@@ -28,6 +28,8 @@ from tests.lookalike.civitai import (
     CivImage,
     CivitaiData,
     CivitaiLookalike,
+    CivModel,
+    CivVersion,
 )
 from tests.lookalike.hub import HubLookalike
 
@@ -51,6 +53,9 @@ def _data() -> CivitaiData:
                             format="Other", fp=None, size=None))
     rv.files.append(CivFile(1006, "realisticVision_dataset.zip", b"PK\x03\x04 training", type="Training Data",
                             format="Other", fp=None, size=None))
+    data.add(CivModel(8800, "Lonely LoRA", "LORA", "someone", versions=[CivVersion(
+        88001, "v1", "SDXL 1.0", [CivFile(8801, "lonely.safetensors", b"lonely lora bytes", primary=True)],
+        images=[CivImage("gone.png", PNG, url="http://127.0.0.1:1/img/gone.png")])]))
     return data
 
 
@@ -182,6 +187,15 @@ def test_version_without_a_safe_image_gets_only_the_info(mf: Modfetch, civ: Civi
     assert mf.download("civitai://model/6600", "--metadata").exit_code == 0
     assert (mf.dest / "old_embedding.civitai.info").is_file()
     assert not list(mf.dest.glob("old_embedding.preview.*"))
+
+
+def test_unreachable_image_host_costs_only_the_preview(mf: Modfetch, civ: CivitaiLookalike,
+                                                       tmp_path: Path) -> None:
+    _configure(mf, civ, tmp_path)
+    result = mf.cli("download", "--url", "civitai://model/8800", "--dest", str(mf.dest), "--metadata")
+    assert result.exit_code == 0, result.output
+    assert json.loads((mf.dest / "lonely.civitai.info").read_bytes())["id"] == 88001
+    assert not list(mf.dest.glob("lonely.preview.*"))
 
 
 def test_hf_files_get_no_sidecars(mf: Modfetch, tmp_path: Path) -> None:

@@ -69,16 +69,19 @@ def pick_preview(version: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _read_capped(response: requests.Response, cap: int) -> bytes | None:
-    """The body, or None when it is (or says it is) larger than ``cap``."""
+def _read_capped(response: requests.Response, cap: int, what: str) -> bytes | None:
+    """The body, or None when it is (or says it is) larger than ``cap``; ModfetchError when it breaks off."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > cap:
         return None
     body = bytearray()
-    for block in response.iter_content(64 * 1024):
-        body += block
-        if len(body) > cap:
-            return None
+    try:
+        for block in response.iter_content(64 * 1024):
+            body += block
+            if len(body) > cap:
+                return None
+    except requests.RequestException as exc:  # a reset or short body while reading: not retried for a sidecar
+        raise ModfetchError(f"reading {what} failed: {type(exc).__name__}") from None
     return bytes(body)
 
 
@@ -97,7 +100,10 @@ def fetch_preview(client: SourceClient, url: str) -> tuple[tuple[bytes, str] | N
             ctype = response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
             if ctype not in IMAGE_TYPES:
                 return None, f"the preview is not a PNG/JPEG/WebP/GIF image ({ctype or 'no content type'})"
-            data = _read_capped(response, MAX_PREVIEW)
+            try:
+                data = _read_capped(response, MAX_PREVIEW, "the preview")
+            except ModfetchError as exc:
+                return None, exc.message
             if data is None:
                 return None, f"the preview is larger than {MAX_PREVIEW >> 20} MiB"
             ext, magic = IMAGE_TYPES[ctype]
@@ -119,7 +125,7 @@ def fetch_metadata(config: Config, session: requests.Session, version_id: int) -
     with response:
         if response.status_code != 200:
             raise ModfetchError(f"HTTP {response.status_code} from CivitAI for model version {version_id}")
-        info = _read_capped(response, MAX_INFO)
+        info = _read_capped(response, MAX_INFO, f"model version {version_id}")
     try:
         version = json.loads(info) if info is not None else None
     except (ValueError, RecursionError):
@@ -129,5 +135,8 @@ def fetch_metadata(config: Config, session: requests.Session, version_id: int) -
     url = pick_preview(version)
     if url is None:
         return CivitaiMetadata(info, None, "no safe-for-work image to use as the preview")
-    preview, why = fetch_preview(client, url)
+    try:
+        preview, why = fetch_preview(client, url)
+    except ModfetchError as exc:  # an unreachable image host costs the preview, not the info
+        preview, why = None, exc.message
     return CivitaiMetadata(info, preview, why)

@@ -70,6 +70,7 @@ class CivImage:
     nsfw_level: int | None = 1
     nsfw: Any = None
     type: str = "image"
+    url: str | None = None  # served from the image host unless set
 
 
 @dataclass
@@ -283,7 +284,7 @@ class CivitaiApp:
         self.image_url = image_url.rstrip("/")
 
     def _image_json(self, image: CivImage) -> dict[str, Any]:
-        out: dict[str, Any] = {"url": f"{self.image_url}/img/{image.name}", "type": image.type,
+        out: dict[str, Any] = {"url": image.url or f"{self.image_url}/img/{image.name}", "type": image.type,
                                "width": 512, "height": 768, "hash": "U00000fQfQfQ", "meta": None}
         if image.nsfw_level is not None:
             out["nsfwLevel"] = image.nsfw_level
