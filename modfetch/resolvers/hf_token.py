@@ -3,8 +3,9 @@
 Order: the variable the config names (``sources.huggingface.token_env``, default ``HF_TOKEN``), ``HF_TOKEN``,
 the legacy ``HUGGING_FACE_HUB_TOKEN``, then the token file ``hf auth login`` writes (``$HF_TOKEN_PATH``, else
 ``$HF_HOME/token``).  Like ``_clean_token``: surrounding white space and line ends are stripped, and an empty
-result means "no token here" (a line break inside a token is refused, see ``clean_token``).  Like ``_get_token_from_environment``, the first *set* variable wins even if
-it holds only white space (then no variable gives a token and the file is read).
+result means "no token here" (a line break inside a token is refused, see ``clean_token``).  Like
+``_get_token_from_environment``, the first *set* variable wins even if it holds only white space (then no
+variable gives a token and the file is read).
 
 The file is the client's own credential store, not modfetch configuration: its token is bound to the Hub host
 and registered for redaction exactly like a variable's (``util.redact.register_secret``).
