@@ -14,7 +14,7 @@ and registered for redaction exactly like a variable's (``util.redact.register_s
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +71,7 @@ def lookup(config_var: str | None = None, env: Mapping[str, str] | None = None,
            read_file: bool = True) -> HfToken:
     """The token for the Hub and its origin; ``HfToken(None, None)`` when there is none."""
     env = env if env is not None else os.environ
-    names: Iterable[str] = [n for n in dict.fromkeys([config_var or "", *ENV_VARS]) if n]
-    names = list(names)
-    register_token_env(names)
+    register_token_env(n for n in (config_var, *ENV_VARS) if n)
     if config_var and config_var not in ENV_VARS:
         token = clean_token(env.get(config_var))
         if token:
