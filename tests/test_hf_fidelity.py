@@ -164,12 +164,14 @@ def test_stored_token_opens_a_gated_repo_and_is_never_shown_or_stored(
     assert any(p.name == "state.db" for p in _files_under(tmp_path))
 
 
-@pytest.mark.parametrize("kind", ["directory", "not utf-8", "huge"])
+@pytest.mark.parametrize("kind", ["directory", "fifo", "not utf-8", "huge"])
 def test_unreadable_token_file_is_one_clear_line(mf: Modfetch, hub: HubLookalike, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     path = tmp_path / "token"
     if kind == "directory":
         path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)  # would block a plain open() for ever
     else:
         path.write_bytes(b"\xff\xfe\x00hf" if kind == "not utf-8" else b"x" * (hf_token.MAX_TOKEN_FILE + 1))
     monkeypatch.setenv("HF_TOKEN_PATH", str(path))
@@ -179,6 +181,10 @@ def test_unreadable_token_file_is_one_clear_line(mf: Modfetch, hub: HubLookalike
     assert_clean_error(result.stderr, "token file", str(path))
     monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)  # a variable wins: the file is not even read
     assert mf.download("hf://acme/tiny-model/config.json").exit_code == 0
+
+
+def test_dev_null_as_token_file_means_no_token(tmp_path: Path) -> None:
+    assert hf_token.lookup(None, env={"HF_TOKEN_PATH": os.devnull}) == hf_token.HfToken(None, None)
 
 
 # -- the HF cache, as huggingface_hub writes it ------------------------------------------------------------

@@ -20,6 +20,7 @@ replaced.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -30,6 +31,8 @@ from ..util.atomic import write_atomic
 from ..util.hf_tree import load_listing
 from .linker import COPY, HARDLINK, SKIPPED, SYMLINK, LinkResult, SourceFile, place
 from .planner import HfCacheEntry
+
+log = logging.getLogger("modfetch.place")
 
 
 def verify_etag(source: SourceFile, etag: str) -> None:
@@ -88,7 +91,8 @@ CACHEDIR_TAG = (
 
 def write_cache_files(entry: HfCacheEntry) -> None:
     """``CACHEDIR.TAG`` at the cache root and ``trees/<commit>.json`` (when the repo's listing was saved),
-    each only when missing: the cache's own files are never replaced."""
+    each only when missing: the cache's own files are never replaced.  A failure is a warning (huggingface_hub
+    ignores it too): without them the cache still works, an offline snapshot is just not checked."""
     try:
         tag = entry.repo_dir.parent / "CACHEDIR.TAG"
         if not os.path.lexists(tag):
@@ -101,5 +105,5 @@ def write_cache_files(entry: HfCacheEntry) -> None:
         data = load_listing(entry.tree)
         if data is not None:
             write_atomic(target, data, replace=False)
-    except OSError as exc:
-        raise DiskError(f"cannot write the cache files of {entry.repo_dir}: {exc.strerror or exc}") from None
+    except OSError as exc:  # as huggingface_hub: the snapshot is in place; these files are an extra
+        log.warning("cannot write the cache files of %s: %s", entry.repo_dir, exc.strerror or exc)

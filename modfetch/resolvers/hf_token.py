@@ -14,6 +14,7 @@ and registered for redaction exactly like a variable's (``util.redact.register_s
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,16 +44,29 @@ def clean_token(raw: str | None) -> str | None:
     return raw.strip() or None
 
 
+def _unreadable(path: Path, exc: OSError) -> UsageError:
+    return UsageError(f"cannot read the Hugging Face token file {path}: {exc.strerror or exc}",
+                      hint="fix its permissions, or set HF_TOKEN (or HF_TOKEN_PATH to another file)")
+
+
 def read_token_file(path: Path) -> str | None:
     """The token stored in ``path`` (None when the file does not exist); UsageError when it cannot be read."""
     try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_TOKEN_FILE + 1)
+        # O_NONBLOCK: a FIFO (HF_TOKEN_PATH=/dev/stdin under cron) must not hang the run; only a file is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise UsageError(f"cannot read the Hugging Face token file {path}: {exc.strerror or exc}",
-                         hint="fix its permissions, or set HF_TOKEN (or HF_TOKEN_PATH to another file)") from None
+        raise _unreadable(path, exc) from None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if stat.S_ISDIR(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):  # /dev/null is fine: no token
+                raise UsageError(f"the Hugging Face token file {path} is not a regular file",
+                                 hint="point HF_TOKEN_PATH at the file 'hf auth login' wrote, or set HF_TOKEN")
+            data = fh.read(MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
     if len(data) > MAX_TOKEN_FILE:
         raise UsageError(f"the Hugging Face token file {path} is not a token (larger than "
                          f"{MAX_TOKEN_FILE >> 10} KiB)", hint="run 'hf auth login' again, or set HF_TOKEN")
