@@ -18,6 +18,7 @@ import pytest
 from modfetch.placement.hf_cache import CACHEDIR_TAG
 from modfetch.placement.presets import hf_cache_dir
 from modfetch.resolvers import hf_token
+from modfetch.util import hf_tree
 from modfetch.util.redact import redact
 from tests.conftest import Modfetch, assert_clean_error, error_lines
 from tests.lookalike.hub import GOOD_TOKEN, HubLookalike
@@ -270,3 +271,17 @@ def test_cache_files_never_replace_or_follow_what_is_there(mf: Modfetch, hub: Hu
     assert not outside.exists() and (cache / "CACHEDIR.TAG").is_symlink()
     repo = cache / "models--acme--tiny-model"
     assert (repo / "snapshots").is_dir() and not (repo / "trees").exists()  # one file: no repo listing
+
+
+def test_listing_document_keeps_what_the_client_reads() -> None:
+    sha, oid, xet = "a" * 64, "b" * 40, "c" * 64
+    doc = hf_tree.listing([
+        {"type": "file", "path": "z.safetensors", "size": 9, "oid": oid, "lfs": {"oid": sha, "size": 9},
+         "xetHash": xet},
+        {"type": "file", "path": "a.json", "size": 2, "oid": oid, "xetHash": "not-hex"},
+        {"type": "file", "path": "bad-size.txt", "size": "2", "oid": oid},
+    ])
+    assert list(doc["files"]) == ["a.json", "z.safetensors"]  # sorted, unusable entries left out
+    assert doc["files"]["z.safetensors"] == {"size": 9, "blob_id": oid, "lfs_sha256": sha, "lfs_size": 9,
+                                             "xet_hash": xet}
+    assert doc["files"]["a.json"] == {"size": 2, "blob_id": oid}  # an invalid xet hash would void the listing

@@ -5,7 +5,7 @@ Format (huggingface_hub 2.x ``_tree_cache.py``, ``TREE_CACHE_FORMAT_VERSION = 1`
     {"format_version": 1,
      "files": {"config.json": {"size": 519, "blob_id": "<git sha1>"},
                "model.safetensors": {"size": 1234, "blob_id": "<git sha1>", "lfs_sha256": "<sha256>",
-                                     "lfs_size": 1234}}}
+                                     "lfs_size": 1234, "xet_hash": "<64 hex>"}}}
 
 An offline ``snapshot_download`` compares it with ``snapshots/<commit>/`` to tell a partial snapshot from a
 complete one.  The resolver saves the whole repo's listing in modfetch's data folder when it lists a repo; the
@@ -50,6 +50,9 @@ def listing(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             lfs_size = lfs.get("size")
             if _HEX64.match(sha) and isinstance(lfs_size, int):
                 info.update(lfs_sha256=sha, lfs_size=lfs_size)
+        xet = entry.get("xetHash")
+        if isinstance(xet, str) and _HEX64.match(xet):  # huggingface_hub ignores a listing with an invalid one
+            info["xet_hash"] = xet
         files[path] = info
     return {"format_version": FORMAT_VERSION, "files": {p: files[p] for p in sorted(files)}}
 
