@@ -47,6 +47,7 @@ class GeneralConfig:
     download_root: str = _path_field("~/Downloads/modfetch")
     data_root: str = _path_field("")  # empty: $XDG_DATA_HOME/modfetch, resolved when used (not at import)
     allow_overwrite: bool = False
+    metadata: bool = False  # --metadata by default: CivitAI sidecars (<stem>.civitai.info, <stem>.preview.png)
 
 
 @dataclass(frozen=True)

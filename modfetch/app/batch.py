@@ -36,7 +36,7 @@ from .download import DownloadOptions, download_uri
 from .place import PlaceOptions, PlaceReport, configured_apps, place_download
 
 log = logging.getLogger("modfetch.batch")
-JOB_KEYS = ("uri", "dest", "name", "sha256", "type", "place")
+JOB_KEYS = ("uri", "dest", "name", "sha256", "type", "place", "metadata")
 _SCHEMES = ("http://", "https://", "hf://", "civitai://")
 MAX_BATCH_BYTES = 16 << 20  # ~100,000 jobs; more is a mistake like --batch /dev/zero, which must not eat memory
 _VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)  # what os.path.expandvars expands
@@ -57,6 +57,7 @@ class BatchJob:
     sha256: str | None = None
     artifact_type: str | None = None
     place: bool | None = None
+    metadata: bool | None = None  # CivitAI sidecars; None: the run's --metadata, else general.metadata
 
 
 @dataclass
@@ -90,7 +91,7 @@ def _fail(source: str, where: str, message: str) -> BatchError:
     where = where if where.isprintable() else repr(where)  # a key holding a newline must not split the line
     where = where if len(where) <= 100 else f"{where[:100]}..."  # a 1 MB key is not a useful message
     return BatchError(f"{source}: {where}: {message}",
-                      hint="each job is a mapping with uri (required), dest, name, sha256, type, place; "
+                      hint="each job is a mapping with uri (required), dest, name, sha256, type, place, metadata; "
                       "see docs/PLACEMENT.md")
 
 
@@ -186,8 +187,11 @@ def _parse_job(source: str, index: int, raw: Any, base: Path | None = None) -> B
     place = raw.get("place")
     if place is not None and not isinstance(place, bool):
         raise _fail(source, f"{where}.place", f"must be true or false, got {describe_value(place)}")
+    metadata = raw.get("metadata")
+    if metadata is not None and not isinstance(metadata, bool):
+        raise _fail(source, f"{where}.metadata", f"must be true or false, got {describe_value(metadata)}")
     dest_path = _dest_path(source, f"{where}.dest", dest, base) if dest else None
-    return BatchJob(index, uri, dest_path, name, sha256, artifact_type, place)
+    return BatchJob(index, uri, dest_path, name, sha256, artifact_type, place, metadata)
 
 
 def load_batch(path: Path | None) -> list[BatchJob]:
@@ -210,7 +214,8 @@ def load_batch(path: Path | None) -> list[BatchJob]:
 
 def run_batch(config: Config, jobs: list[BatchJob], progress: Callable[[], ProgressListener], *,
               place: bool = False, place_options: PlaceOptions | None = None, force: bool = False,
-              concurrency: int | None = None, chunk_size: int | None = None) -> BatchSummary:
+              concurrency: int | None = None, chunk_size: int | None = None,
+              metadata: bool | None = None) -> BatchSummary:
     """Run every job (``concurrency.batch_parallel_files`` at a time); never raises for a failing job."""
     place_options = place_options or PlaceOptions()
     wants_place = [job.place if job.place is not None else place for job in jobs]
@@ -227,6 +232,12 @@ def run_batch(config: Config, jobs: list[BatchJob], progress: Callable[[], Progr
                 opts = dataclasses.replace(
                     place_options, artifact_type=job.artifact_type or place_options.artifact_type)
                 outcome.placements = [place_download(config, r, opts, apps) for r in outcome.results]
+            if _pick(job.metadata, metadata, config.general.metadata):
+                from .metadata import write_metadata
+
+                for index, result in enumerate(outcome.results):
+                    reports = outcome.placements[index:index + 1]
+                    write_metadata(config, result, reports, apps)
         except ModfetchError as exc:
             outcome.error = redact(exc.message)
         except Exception as exc:  # one job's bug or OS error must not stop the others
@@ -244,6 +255,11 @@ def run_batch(config: Config, jobs: list[BatchJob], progress: Callable[[], Progr
         futures = [pool.submit(run, job, do) for job, do in zip(jobs, wants_place, strict=True)]
         _wait_or_stop(futures)
         return BatchSummary([f.result() for f in futures])
+
+
+def _pick(*choices: bool | None) -> bool:
+    """The first choice that was made (job key, then command line, then config)."""
+    return next((c for c in choices if c is not None), False)
 
 
 def _wait_or_stop(futures: list[concurrent.futures.Future[JobOutcome]]) -> None:

@@ -69,6 +69,12 @@ def detect(path: Path, explicit: str | None = None, hints: Mapping[str, Any] | N
     recorded = _str(hints.get("artifact_type"))
     if recorded and recorded in v.TYPES:
         return Detection(recorded, "hint", "type recorded by the source", base)
+    file_type = _str(hints.get("file_type"))  # CivitAI files[].type: beats the model type
+    if file_type and v.civitai_not_model(file_type):
+        return Detection(v.GENERIC, "hint", f"CivitAI file type {file_type!r}: not a model, not placed", base)
+    mapped_file = v.civitai_file_type(file_type) if file_type else None
+    if mapped_file:
+        return Detection(mapped_file, "hint", f"CivitAI file type {file_type!r}", base)
     civitai = _str(hints.get("civitai_type"))
     if civitai:
         mapped = v.civitai_type(civitai)

@@ -61,3 +61,24 @@ def validate_type(name: str) -> str:
 def civitai_type(value: str) -> str | None:
     """Our type for a CivitAI model type (``LORA``, ``TextualInversion``...), or None when it says nothing."""
     return CIVITAI_TYPES.get(value.strip().lower().replace(" ", "").replace("_", ""))
+
+
+# CivitAI *file* types (``files[].type``) that say more than the model's type: a VAE shipped with a Checkpoint
+# model is a VAE.  "Model", "Pruned Model" and "Negative" (a negative embedding) keep the model's type.
+CIVITAI_FILE_TYPES: dict[str, str] = {"vae": SD_VAE}
+# File types that are not models at all: downloaded, never placed into an app's model folders.
+CIVITAI_NOT_MODELS = frozenset({"config", "trainingdata", "archive"})
+
+
+def _civitai_key(value: str) -> str:
+    return value.strip().lower().replace(" ", "").replace("_", "")
+
+
+def civitai_file_type(value: str) -> str | None:
+    """Our type for a CivitAI file type (``VAE``), or None when the model's type decides."""
+    return CIVITAI_FILE_TYPES.get(_civitai_key(value))
+
+
+def civitai_not_model(value: str) -> bool:
+    """True for CivitAI file types that are no model (``Config``, ``Training Data``, ``Archive``)."""
+    return _civitai_key(value) in CIVITAI_NOT_MODELS

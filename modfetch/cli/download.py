@@ -27,6 +27,9 @@ from .progress import progress_factory
 @click.option("--pick", is_flag=True,
               help="On a terminal, choose from a menu when a URI matches several files or versions.")
 @click.option("--place", is_flag=True, help="Place each verified file into the configured apps.")
+@click.option("--metadata/--no-metadata", default=None,
+              help="CivitAI: write <stem>.civitai.info and <stem>.preview.<ext> beside the file and its "
+                   "placements (default: general.metadata).")
 @click.option("--type", "artifact_type", type=click.Choice(list(TYPES)),
               help="Artifact type for placement (skips detection).")
 @click.option("--batch", "batch_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True),
@@ -35,7 +38,8 @@ from .progress import progress_factory
 @pass_state
 def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
             out: str | None, sha256: str | None, force: bool, concurrency: int | None, chunk_size: str | None,
-            pick: bool, place: bool, artifact_type: str | None, batch_file: str | None) -> None:
+            pick: bool, place: bool, metadata: bool | None, artifact_type: str | None,
+            batch_file: str | None) -> None:
     """Download files, verify their SHA-256 and print each final path and hash.
 
     Reruns resume from where the last run stopped; a file already present and verified is not fetched
@@ -56,7 +60,7 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
             raise UsageError(f"{', '.join(ignored)} cannot be combined with --batch",
                              hint="set a job's dest, name or sha256 in the batch file (see docs/PLACEMENT.md)")
         return run_batch_cli(state, batch_file, place=place, artifact_type=artifact_type,
-                             force=force, concurrency=concurrency,
+                             force=force, concurrency=concurrency, metadata=metadata,
                              chunk_size=parse_size(chunk_size) if chunk_size is not None else None)
     if not targets:
         raise UsageError("nothing to download", hint="pass a URL: modfetch download --url https://host/file")
@@ -92,6 +96,12 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
             results = download_uri(config, target, options, factory, on_checkpoint=metrics_hook)
         for result in results:
             report = placer.place(result) if placer else None
+            sidecars = []
+            if metadata if metadata is not None else config.general.metadata:
+                from ..app.metadata import write_metadata
+
+                sidecars = write_metadata(config, result, [report] if report else [],
+                                          placer.apps if placer else [])
             if state.json_output:
                 import json
 
@@ -99,10 +109,14 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
                                        "sha256": result.sha256, "size": result.size,
                                        "fetched_bytes": result.fetched_bytes,
                                        "already_present": result.already_present,
+                                       **({"sidecars": [{"path": str(c.path), "action": c.action}
+                                                        for c in sidecars]} if sidecars else {}),
                                        **({"placement": report_json(report)} if report else {})}))
             else:
                 click.echo(f"{result.path}\n  sha256 {result.sha256}")
                 for line in render_report(report)[1:] if report else []:
                     click.echo(line)
+                for sidecar in sidecars:
+                    click.echo(f"  metadata {sidecar.action} {sidecar.path}")
     if placer:
         placer.finish()

@@ -114,12 +114,12 @@ class Placer:
 
 
 def run_batch_cli(state: CliState, batch_file: str, *, place: bool, artifact_type: str | None, force: bool,
-                  concurrency: int | None, chunk_size: int | None) -> None:
+                  concurrency: int | None, chunk_size: int | None, metadata: bool | None = None) -> None:
     """``download --batch FILE``: validate every job first, run them, print a summary, fail if any failed."""
     jobs = load_batch(None if batch_file == "-" else expand_path(batch_file))
     summary = run_batch(state.config, jobs, progress_factory(state.quiet, state.json_output), place=place,
                         place_options=PlaceOptions(artifact_type=artifact_type), force=force,
-                        concurrency=concurrency, chunk_size=chunk_size)
+                        concurrency=concurrency, chunk_size=chunk_size, metadata=metadata)
     for outcome in summary.outcomes:
         if state.json_output:
             click.echo(json.dumps({

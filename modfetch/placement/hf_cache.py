@@ -6,6 +6,12 @@ Layout (``huggingface/hub-docs`` ``local-cache.md``)::
     models--{org}--{name}/blobs/<etag>               our bytes (hardlink, else a verified copy)
     models--{org}--{name}/snapshots/<commit>/<path>  RELATIVE symlink to ../../blobs/<etag>
     models--{org}--{name}/refs/<revision>            the 40-hex commit
+    models--{org}--{name}/trees/<commit>.json        the repo's file listing (whole-repo downloads)
+    CACHEDIR.TAG                                     at the cache root: backup tools skip the cache
+
+The last two are what huggingface_hub 2.x writes itself: with the listing an offline ``snapshot_download``
+tells a partial snapshot (raises ``IncompleteSnapshotError``) from a complete one.  Every small file is written
+atomically (temporary file + rename); an existing ``CACHEDIR.TAG`` or listing is kept.
 
 A blob is named by its content (sha256 for LFS files, git blob sha1 otherwise), so before anything is
 written the file is checked against the ETag; a blob already there with other bytes is corrupt and is
@@ -14,14 +20,19 @@ replaced.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
 
 from ..engine.hashing import git_blob_sha1
 from ..errors import DiskError, IntegrityError
+from ..util.atomic import write_atomic
+from ..util.hf_tree import load_listing
 from .linker import COPY, HARDLINK, SKIPPED, SYMLINK, LinkResult, SourceFile, place
 from .planner import HfCacheEntry
+
+log = logging.getLogger("modfetch.place")
 
 
 def verify_etag(source: SourceFile, etag: str) -> None:
@@ -42,6 +53,7 @@ def place_in_cache(source: SourceFile, entry: HfCacheEntry, mode: str, force: bo
     snap_result = place(blob, entry.snapshot, SYMLINK, force=force, symlink_text=text)
     if entry.ref is not None:
         write_ref(entry.ref, entry.commit)
+    write_cache_files(entry)
     notes = [f"blob {blob_result.action} ({blob_result.mode})"]
     if blob_result.message and blob_result.action != SKIPPED:
         notes.append(blob_result.message)
@@ -66,3 +78,32 @@ def write_ref(ref: Path, commit: str) -> None:
         os.replace(temp, ref)
     except OSError as exc:
         raise DiskError(f"cannot write {ref}: {exc.strerror or exc}") from None
+
+
+# The standard cache-directory tag (https://bford.info/cachedir/), as huggingface_hub's CACHEDIR_TAG_CONTENT.
+CACHEDIR_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by huggingface_hub.\n"
+    "# For information about cache directory tags, see:\n"
+    "#\thttps://bford.info/cachedir/\n"
+)
+
+
+def write_cache_files(entry: HfCacheEntry) -> None:
+    """``CACHEDIR.TAG`` at the cache root and ``trees/<commit>.json`` (when the repo's listing was saved),
+    each only when missing: the cache's own files are never replaced.  A failure is a warning (huggingface_hub
+    ignores it too): without them the cache still works, an offline snapshot is just not checked."""
+    try:
+        tag = entry.repo_dir.parent / "CACHEDIR.TAG"
+        if not os.path.lexists(tag):
+            write_atomic(tag, CACHEDIR_TAG.encode(), replace=False)
+        if entry.tree is None:
+            return
+        target = entry.repo_dir / "trees" / f"{entry.commit}.json"
+        if os.path.lexists(target):
+            return
+        data = load_listing(entry.tree)
+        if data is not None:
+            write_atomic(target, data, replace=False)
+    except OSError as exc:  # as huggingface_hub: the snapshot is in place; these files are an extra
+        log.warning("cannot write the cache files of %s: %s", entry.repo_dir, exc.strerror or exc)

@@ -44,6 +44,7 @@ class HfCacheEntry:
     ref: Path | None
     commit: str
     etag: str
+    tree: Path | None = None  # the repo's saved file listing (whole-repo downloads), for trees/<commit>.json
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,12 @@ def plan(source: Path, artifact_type: str, hints: Mapping[str, Any], apps: Seque
          rules: Sequence[MappingRule] = ()) -> Plan:
     """The placement plan for ``source`` of ``artifact_type`` across ``apps``."""
     result = Plan()
+    file_type = str(hints.get("file_type") or "")  # CivitAI files[].type
+    if file_type and v.civitai_not_model(file_type):
+        # A model's config, training data or archive is kept in the download folder, never put where an app
+        # would try to load it as a model (whatever --type or a mapping rule says).
+        result.notes.append(f"CivitAI file type {file_type!r} is not a model; downloaded, not placed")
+        return result
     mapped: dict[str, list[str]] = {}
     for rule in rules:
         if rule.type == artifact_type:
@@ -198,4 +205,5 @@ def hf_cache_entry(cache: Path, hints: Mapping[str, Any], filename: str) -> tupl
             return None, f"unsafe revision name {revision!r}"
         ref = repo_dir / "refs" / ref_rel
     snapshot = repo_dir / "snapshots" / commit / rel
-    return HfCacheEntry(repo_dir, repo_dir / "blobs" / etag, snapshot, ref, commit, etag), ""
+    tree = Path(str(hints["hf_tree"])) if hints.get("hf_tree") else None
+    return HfCacheEntry(repo_dir, repo_dir / "blobs" / etag, snapshot, ref, commit, etag, tree), ""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..artifacts import vocabulary as v
 from ..errors import ConfigError
+from ..util.hf_env import hf_hub_cache
 
 FOLDERS, LMSTUDIO, HF_CACHE, OLLAMA = "folders", "lmstudio", "hf-cache", "ollama"
 
@@ -140,15 +141,9 @@ def lmstudio_models_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def hf_cache_dir(env: Mapping[str, str] | None = None) -> Path:
-    """``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub`` (like huggingface_hub)."""
-    env = env if env is not None else os.environ
-    home = Path(env.get("HOME") or Path.home())
-    if env.get("HF_HUB_CACHE"):
-        return Path(env["HF_HUB_CACHE"]).expanduser()
-    if env.get("HF_HOME"):
-        return Path(env["HF_HOME"]).expanduser() / "hub"
-    xdg = env.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else home / ".cache") / "huggingface" / "hub"
+    """``$HF_HUB_CACHE``, else ``$HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub``, else
+    ``~/.cache/huggingface/hub`` (like huggingface_hub)."""
+    return hf_hub_cache(env)
 
 
 def ollama_models_dir(env: Mapping[str, str] | None = None) -> Path:

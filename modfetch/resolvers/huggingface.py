@@ -16,22 +16,26 @@ Which words of ``hf://gpt2/README.md`` name the repo is decided with ``/api/mode
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import os
 import posixpath
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 
 import requests
 
 from ..config import Config
 from ..errors import AmbiguousChoiceError, AuthError, Candidate, HTTPStatusError, NotFoundError, UsageError
+from ..util import hf_tree
 from ..util.http import etag_value, header_int
 from ..util.redact import redact_url
-from .api import SourceClient, token_from_env
+from . import hf_token, quant
+from .api import SourceClient
 from .base import ResolvedFile
 from .uris import HfUri, is_hf_browser_url, parse_hf_browser_url, parse_hf_uri
 
@@ -53,10 +57,14 @@ class HuggingFaceResolver:
         source = config.sources.huggingface
         self.enabled = source.enabled
         self.endpoint = (os.environ.get("HF_ENDPOINT") or source.endpoint or DEFAULT_ENDPOINT).rstrip("/")
-        self.token_vars = [source.token_env, "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
+        self.token_env = source.token_env
+        self.trees_dir = config.data_root / "hf-trees"
         self.timeout = config.network.timeout_seconds
         self.endpoint_host = urlsplit(self.endpoint).netloc.rsplit("@", 1)[-1].lower()
-        token_from_env(self.token_vars)  # registers the variables for redaction before anything is logged
+        # Registers the variables (and a stored token) for redaction before anything is logged; a token file
+        # that cannot be read is reported by resolve(), only when the Hub is actually used.
+        with contextlib.suppress(UsageError):
+            hf_token.lookup(self.token_env)
 
     def matches(self, uri: str) -> bool:
         """True for ``hf://`` and Hub file/folder URLs on huggingface.co or the configured endpoint host."""
@@ -68,9 +76,10 @@ class HuggingFaceResolver:
             raise UsageError("the huggingface source is disabled in the config",
                              hint="set sources.huggingface.enabled: true to use hf:// URIs")
         ref = parse_hf_uri(uri) if uri.strip().lower().startswith("hf://") else parse_hf_browser_url(uri)
-        var, token = token_from_env(self.token_vars)
-        client = SourceClient(session, self.endpoint, token, self.timeout, "the Hugging Face Hub")
-        return _Hub(client, ref.repo_type, var).resolve(ref, uri)
+        token = hf_token.lookup(self.token_env)
+        var = token.origin
+        client = SourceClient(session, self.endpoint, token.value, self.timeout, "the Hugging Face Hub")
+        return _Hub(client, ref.repo_type, var, self.trees_dir).resolve(ref, uri)
 
 
 class HubError(NotFoundError):
@@ -122,8 +131,10 @@ def _match(path: str, patterns: tuple[str, ...]) -> bool:
 class _Hub:
     """One resolution against the Hub (one client, one repo type)."""
 
-    def __init__(self, client: SourceClient, repo_type: str, token_var: str | None) -> None:
+    def __init__(self, client: SourceClient, repo_type: str, token_var: str | None,
+                 trees_dir: Path | None = None) -> None:
         self.client = client
+        self.trees_dir = trees_dir
         self.repo_type = repo_type
         self.token_var = token_var
         self.prefix = _URL_PREFIX[repo_type]
@@ -136,7 +147,7 @@ class _Hub:
         repo_id, path = self.pick_repo(ref, uri)
         revision = ref.revision or "main"
         if ref.folder or ref.filtered or not path:
-            return self.list_files(repo_id, revision, path, ref.include, ref.exclude)
+            return self.list_files(repo_id, revision, path, ref.include, ref.exclude, ref)
         try:
             return [self.one_file(repo_id, revision, path)]
         except HubError as exc:
@@ -284,10 +295,19 @@ class _Hub:
         return entries
 
     def list_files(self, repo_id: str, revision: str, folder: str, include: tuple[str, ...],
-                   exclude: tuple[str, ...]) -> list[ResolvedFile]:
+                   exclude: tuple[str, ...], ref: HfUri | None = None) -> list[ResolvedFile]:
         commit, gated = self.commit_of(repo_id, revision)
         files = _unique_files(self.tree(repo_id, commit, revision, folder), repo_id)
-        if include:
+        # Only a listing of the whole repo tells an offline snapshot_download what a complete snapshot is.
+        tree = None if folder or self.trees_dir is None else hf_tree.save_listing(
+            self.trees_dir, self.repo_type, repo_id, commit, files)
+        if ref is not None and ref.quant:
+            # The quantization picks the GGUF files; include= adds to them (a projector, the README).
+            picked = set(quant.select((str(e["path"]) for e in files), ref.quant))
+            if not picked:
+                raise _no_quant(ref, repo_id, revision, files)
+            files = [e for e in files if e["path"] in picked or (include and _match(e["path"], include))]
+        elif include:
             files = [e for e in files if _match(e["path"], include)]
         if exclude:
             files = [e for e in files if not _match(e["path"], exclude)]
@@ -309,6 +329,8 @@ class _Hub:
             etag = sha256 if lfs else oid
             hints = {"repo_id": repo_id, "repo_type": self.repo_type, "revision": revision, "commit": commit,
                      "etag": etag or None, "path_in_repo": path, "lfs": bool(lfs)}
+            if tree is not None:
+                hints["hf_tree"] = str(tree)
             out.append(ResolvedFile(
                 url=self.resolve_url(repo_id, commit, path), filename=posixpath.basename(path),
                 display_url=redact_url(self.resolve_url(repo_id, revision, path)),
@@ -320,6 +342,27 @@ class _Hub:
                 source="huggingface", hints=hints))
         log.info("hf: %s@%s (%s): %d file(s)", repo_id, revision, commit[:12], len(out))
         return out
+
+
+def _no_quant(ref: HfUri, repo_id: str, revision: str, files: list[Mapping[str, Any]]) -> UsageError:
+    """The error for a quantization the repo does not have: its quantizations as candidates (``--pick``)."""
+    sizes = {str(e["path"]): e.get("size") for e in files}
+    found = quant.available(sizes)
+    if not found:
+        return UsageError(f"{repo_id}@{revision} has no GGUF files, so :{ref.quant} picks nothing",
+                          hint="name a file (hf://owner/repo/file) or use ?include=GLOB")
+    query = [*([("rev", ref.revision)] if ref.revision else []), *(("include", p) for p in ref.include),
+             *(("exclude", p) for p in ref.exclude)]
+    suffix = ("?" + urlencode(query, safe="*/")) if query else ""
+    prefix = {"dataset": "datasets/", "space": "spaces/"}.get(ref.repo_type, "")
+    candidates = []
+    for name, paths in found.items():
+        total = sum(s for s in (sizes[p] for p in paths) if isinstance(s, int))
+        label = f"{name} ({len(paths)} files)" if len(paths) > 1 else f"{name} ({posixpath.basename(paths[0])})"
+        candidates.append(Candidate(label, f"hf://{prefix}{repo_id}:{name}{suffix}", total or None, "GGUF"))
+    return AmbiguousChoiceError(f"no {ref.quant} GGUF in {repo_id}@{revision}; its quantizations are",
+                                candidates, hint=f"pick one, e.g. hf://{prefix}{repo_id}:{next(iter(found))}"
+                                " (or rerun with --pick)")
 
 
 def _unique_files(entries: list[Mapping[str, Any]], repo_id: str) -> list[Mapping[str, Any]]:

@@ -1,6 +1,6 @@
 """Pure parsing of the URIs the Hugging Face and CivitAI resolvers accept (no I/O; fuzzable).
 
-``hf://[datasets/|spaces/]owner/repo[/path]?rev=REV&include=GLOB&exclude=GLOB`` and Hub browser URLs
+``hf://[datasets/|spaces/]owner/repo[@REV][:QUANT][/path]?rev=REV&include=GLOB&exclude=GLOB`` and Hub browser URLs
 (``https://huggingface.co/owner/repo/blob|resolve|tree/REV/path``);
 ``civitai://model/ID?version=V&file=SUBSTR&format=F&fp=P&size=S&type=T``, ``civitai://version/V`` and
 CivitAI browser / download URLs.  Every parser returns a frozen dataclass or raises ``UsageError``.
@@ -24,6 +24,11 @@ _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\s]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _BROWSER_MARKERS = ("blob", "resolve", "tree")
 _HF_PARAMS = {"rev", "revision", "include", "exclude"}
+# The repo name part of an hf:// URI: ``name``, ``name@REV`` (as HfFileSystem; a '/' in REV percent-encoded),
+# ``name:QUANT`` or ``name@REV:QUANT``.  Git refs cannot contain ':' (git check-ref-format), so the last ':'
+# always starts the quantization.
+_REPO_REF = re.compile(r"^(?P<name>[^@:]*)(?:@(?P<rev>[^:]*))?(?::(?P<quant>[^@:]*))?$")
+_QUANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 _CIVITAI_FILTERS = ("file", "format", "fp", "size", "type")
 
 
@@ -44,6 +49,7 @@ class HfUri:
     exclude: tuple[str, ...] = ()
     split: int | None = None
     folder: bool = False
+    quant: str | None = None
 
     def candidates(self) -> list[tuple[str, str]]:
         """``(repo_id, path_in_repo)`` readings of ``parts``, most likely first (owner/name before legacy)."""
@@ -57,8 +63,8 @@ class HfUri:
 
     @property
     def filtered(self) -> bool:
-        """True when include/exclude globs were given (a listing, not a single file)."""
-        return bool(self.include or self.exclude)
+        """True when include/exclude globs or a quantization were given (a listing, not a single file)."""
+        return bool(self.include or self.exclude or self.quant)
 
 
 @dataclass(frozen=True)
@@ -127,8 +133,32 @@ def _query(query: str, allowed: set[str], uri: str) -> dict[str, list[str]]:
     return params
 
 
+def _repo_ref(raw: list[str], uri: str) -> tuple[int | None, str | None, str | None]:
+    """Take ``@REV`` and ``:QUANT`` off the repo name in ``raw`` (in place): ``(split, revision, quant)``.
+
+    Only the first two parts can name the repo (``owner/name`` or a legacy ``name``); a ':' or '@' further on
+    belongs to a file path.  A revision or quantization there also fixes where the repo id ends."""
+    for index in range(min(2, len(raw))):
+        match = _REPO_REF.match(raw[index]) if ("@" in raw[index] or ":" in raw[index]) else None
+        if match is None:
+            continue
+        if index == 0 and len(raw) > 1 and match.group("rev") is None:
+            continue  # ``owner:x/...`` is no repo reference: the owner check reports it
+        quant = match.group("quant")
+        if quant is not None and not _QUANT.match(quant):
+            raise UsageError(f"invalid quantization {quant!r} in {_show(uri)}",
+                             hint="e.g. hf://owner/repo:Q4_K_M (letters, digits, '_' and '-')")
+        if quant is not None and len(raw) > index + 1:
+            raise UsageError(f"a :{quant} quantization picks files of a whole repo; no path may follow it in "
+                             f"{_show(uri)}", hint="drop the path, or drop the :QUANT and name the file")
+        raw[index] = match.group("name")
+        rev = match.group("rev")
+        return index + 1, (None if rev is None else rev), quant
+    return None, None, None
+
+
 def parse_hf_uri(uri: str) -> HfUri:
-    """Parse ``hf://[datasets/|spaces/|models/]owner/repo[/path][?rev=&include=&exclude=]``."""
+    """Parse ``hf://[datasets/|spaces/|models/]owner/repo[@REV][:QUANT][/path][?rev=&include=&exclude=]``."""
     text = uri.strip()
     if not text.lower().startswith("hf://"):
         raise UsageError(f"not an hf:// URI: {_show(text)}")
@@ -136,21 +166,24 @@ def parse_hf_uri(uri: str) -> HfUri:
     path, _, query = rest.partition("?")
     path = path.split("#", 1)[0]
     params = _query(query, _HF_PARAMS, text)
-    raw = [unquote(p) for p in path.split("/") if p]
+    segments = [p for p in path.split("/") if p]
     repo_type = "model"
-    if raw and raw[0] in REPO_TYPES:
-        repo_type = REPO_TYPES[raw[0]]
-        raw = raw[1:]
-    if not raw:
+    if segments and unquote(segments[0]) in REPO_TYPES:
+        repo_type = REPO_TYPES[unquote(segments[0])]
+        segments = segments[1:]
+    # ``@REV`` is split off before percent-decoding: ``repo@refs%2Fpr%2F1/file`` keeps its slashes in REV.
+    split, at_rev, quant = _repo_ref(segments, text)
+    raw = [unquote(p) for p in segments]
+    if not raw or not raw[0]:
         raise UsageError(f"no repository in {_show(text)}", hint="expected hf://owner/repo/path/in/repo")
     parts = _check_parts(raw, text)
-    _check_repo_parts(parts, 2, text)
-    revs = params.get("rev", []) + params.get("revision", [])
+    _check_repo_parts(parts, split or 2, text)
+    revs = params.get("rev", []) + params.get("revision", []) + ([at_rev] if at_rev is not None else [])
     if len(revs) > 1:
-        raise UsageError(f"more than one revision in {_show(text)}")
+        raise UsageError(f"more than one revision in {_show(text)}", hint="use either @REV or ?rev=REV")
     revision = _check_revision(unquote(revs[0]).strip(), text) if revs else None
     return HfUri(repo_type, parts, revision, _split_globs(params.get("include", [])),
-                 _split_globs(params.get("exclude", [])))
+                 _split_globs(params.get("exclude", [])), split=split, quant=quant.upper() if quant else None)
 
 
 def _web_path_segments(uri: str, hosts: Iterable[str], extra_hosts: Iterable[str]) -> list[str] | None:

@@ -27,9 +27,20 @@ _BEARER = re.compile(r"(?i)\b(bearer|token)\s+[A-Za-z0-9._~+/=-]{6,}")
 _QUERY_SECRET = re.compile(rf"(?i)([?&;](?:{_SECRET_PARAM_NAMES})=)[^&#\s'\"]+")
 
 
+# Secret values that come from somewhere other than a variable (the Hugging Face token file).
+SECRET_VALUES: set[str] = set()
+
+
 def register_token_env(names: Iterable[str]) -> None:
     """Add config-named token variables (``sources.*.token_env``) to the redacted set."""
     TOKEN_ENV_VARS.update(n for n in names if n)
+
+
+def register_secret(value: str) -> None:
+    """Mask ``value`` wherever it appears from now on, exactly like a token variable's value (a token read
+    from a file)."""
+    if value:
+        SECRET_VALUES.add(value)
 
 
 @functools.lru_cache(maxsize=64)  # redact() runs for every log record; the token values rarely change
@@ -47,7 +58,7 @@ def _spellings(value: str) -> frozenset[str]:
 def secret_values() -> list[str]:
     """Every spelling of every token variable's value (values of at least 4 characters, to avoid masking
     noise), longest first."""
-    values = {os.environ.get(name, "") for name in TOKEN_ENV_VARS}
+    values = {os.environ.get(name, "") for name in TOKEN_ENV_VARS} | SECRET_VALUES
     forms = {form for v in values if len(v) >= 4 for form in _spellings(v)}
     return sorted(forms, key=len, reverse=True)
 

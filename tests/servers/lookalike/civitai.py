@@ -8,6 +8,9 @@
   ``Content-Disposition: attachment; filename="..."``.  Files that need a login answer 401 without a valid
   token (``Authorization: Bearer`` or ``?token=``) or, with ``login_redirect``, redirect to ``/login``.
 * The storage host serves ``/file/{fileId}/{name}`` only with a valid signature, honouring ``Range``.
+* A version's ``images[]`` (``url``, ``nsfwLevel`` and/or the older ``nsfw``, ``type`` image|video, ``width``,
+  ``height``) point to a third host, the image host (as ``image.civitai.com``), serving ``/img/{name}`` with the
+  image's own content type.
 
 Run standalone: ``python -m tests.servers.lookalike.civitai --port 8090 --storage-port 8091 [--token T]``.
 """
@@ -58,11 +61,26 @@ class CivFile:
 
 
 @dataclass
+class CivImage:
+    """A gallery image: ``nsfw_level`` (newer answers) and/or ``nsfw`` (older: bool or a level string)."""
+
+    name: str
+    data: bytes
+    content_type: str = "image/png"
+    nsfw_level: int | None = 1
+    nsfw: Any = None
+    type: str = "image"
+    url: str | None = None  # served from the image host unless set
+
+
+@dataclass
 class CivVersion:
     id: int
     name: str
     base_model: str
     files: list[CivFile] = field(default_factory=list)
+    images: list[CivImage] = field(default_factory=list)
+    trained_words: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -260,9 +278,19 @@ def _hashes(f: CivFile) -> dict[str, str]:
 
 
 class CivitaiApp:
-    def __init__(self, data: CivitaiData, storage_url: str) -> None:
+    def __init__(self, data: CivitaiData, storage_url: str, image_url: str = "") -> None:
         self.data = data
         self.storage_url = storage_url.rstrip("/")
+        self.image_url = image_url.rstrip("/")
+
+    def _image_json(self, image: CivImage) -> dict[str, Any]:
+        out: dict[str, Any] = {"url": image.url or f"{self.image_url}/img/{image.name}", "type": image.type,
+                               "width": 512, "height": 768, "hash": "U00000fQfQfQ", "meta": None}
+        if image.nsfw_level is not None:
+            out["nsfwLevel"] = image.nsfw_level
+        if image.nsfw is not None:
+            out["nsfw"] = image.nsfw
+        return out
 
     def _file_json(self, base: str, version: CivVersion, f: CivFile) -> dict[str, Any]:
         params = (
@@ -293,8 +321,8 @@ class CivitaiApp:
             "name": version.name,
             "baseModel": version.base_model,
             "downloadUrl": f"{base}/api/download/models/{version.id}",
-            "trainedWords": [],
-            "images": [],
+            "trainedWords": list(version.trained_words),
+            "images": [self._image_json(i) for i in version.images],
             "files": [self._file_json(base, version, f) for f in version.files],
         }
         if not nested:
@@ -405,13 +433,31 @@ class StorageApp:
         )
 
 
+class ImageApp:
+    """The image host: ``/img/{name}`` with the image's content type (no auth, like a public CDN)."""
+
+    def __init__(self, data: CivitaiData) -> None:
+        self.data = data
+
+    def __call__(self, request: Request) -> Response:
+        name = request.path.rsplit("/", 1)[-1]
+        for model in self.data.models.values():
+            for version in model.versions:
+                for image in version.images:
+                    if request.path == f"/img/{name}" and image.name == name:
+                        return Response(200, image.data, [("Content-Type", image.content_type)])
+        return Response(404, b"NoSuchKey")
+
+
 class CivitaiLookalike:
-    """The API and its storage host: ``with CivitaiLookalike() as c: c.url, c.storage.records``."""
+    """The API, its storage host and its image host: ``with CivitaiLookalike() as c: c.url, c.storage.records,
+    c.images.records``."""
 
     def __init__(self, data: CivitaiData | None = None, port: int = 0, storage_port: int = 0) -> None:
         self.data = data or CivitaiData.demo()
         self.storage = LookalikeServer(StorageApp(self.data), storage_port)
-        self.api = LookalikeServer(CivitaiApp(self.data, self.storage.url), port)
+        self.images = LookalikeServer(ImageApp(self.data))
+        self.api = LookalikeServer(CivitaiApp(self.data, self.storage.url, self.images.url), port)
 
     @property
     def url(self) -> str:
@@ -419,11 +465,13 @@ class CivitaiLookalike:
 
     def start(self) -> CivitaiLookalike:
         self.storage.start()
+        self.images.start()
         self.api.start()
         return self
 
     def stop(self) -> None:
         self.api.stop()
+        self.images.stop()
         self.storage.stop()
 
     def __enter__(self) -> CivitaiLookalike:
@@ -447,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     data.login_redirect = args.login_redirect
     server = CivitaiLookalike(data, args.port, args.storage_port)
     server.storage.start()
+    server.images.start()
     print(
         json.dumps({"api": server.url, "storage": server.storage.url, "models": sorted(data.models)}),
         flush=True,
