@@ -209,3 +209,24 @@ def test_anonymous_commit_pinned_regular_file_is_cached(fleet: Fleet) -> None:
     # A branch name moves: never cached.
     branch = f"{fleet.cache.hub_url}/acme/big/resolve/main/config.json"
     assert {fetch(branch)[1].get("X-Cache-Status") for _ in range(2)} == {"BYPASS"}
+
+
+def test_huggingface_hub_client_behind_the_cache(fleet: Fleet, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real huggingface_hub honours HF_ENDPOINT=cache: Hub metadata (X-Linked-Etag, ...) survives the cache,
+    the rewritten redirect is followed, a second client is served from the cache, gated stays gated."""
+    hf = pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+
+    def download(cache: str, repo_id: str, token: str | bool = False) -> Path:
+        return Path(hf.hf_hub_download(repo_id, "model.safetensors", cache_dir=tmp_path / cache,
+                                       endpoint=fleet.cache.hub_url, token=token))
+
+    assert download("first", "acme/big").read_bytes() == fleet.big
+    before = fleet.origin_bytes()
+    assert download("second", "acme/big").read_bytes() == fleet.big
+    assert fleet.origin_bytes() - before < 64 * 1024  # metadata, redirects and 1-byte signature checks only
+    assert download("gated", "acme/gated", GOOD_TOKEN).read_bytes() == fleet.gated_lfs
+    with pytest.raises(hf.errors.GatedRepoError):
+        download("anon", "acme/gated")
