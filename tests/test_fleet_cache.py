@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -24,7 +25,7 @@ from tests.conftest import modfetch_command, sha256_of
 from tests.lookalike import pseudo_random_bytes
 from tests.lookalike.civitai import CivFile, CivitaiData, CivitaiLookalike, CivModel, CivVersion
 from tests.lookalike.hub import GOOD_TOKEN, NOACCESS_TOKEN, HubData, HubLookalike
-from tests.servers.nginx_cache import NginxCache, find_nginx, nginx_has_slice
+from tests.servers.nginx_cache import ROOT, TEMPLATE, NginxCache, find_nginx, nginx_has_slice
 
 MiB = 1 << 20
 BIG = 32 * MiB  # 2 slices of 16 MiB: the lock and a slice boundary both matter
@@ -230,3 +231,10 @@ def test_huggingface_hub_client_behind_the_cache(fleet: Fleet, tmp_path: Path,
     assert download("gated", "acme/gated", GOOD_TOKEN).read_bytes() == fleet.gated_lfs
     with pytest.raises(hf.errors.GatedRepoError):
         download("anon", "acme/gated")
+
+
+def test_fleet_doc_renders_every_placeholder_of_the_template() -> None:
+    """docs/FLEET.md's sed command fills every @NAME@ of the template the tests run (doc and config can't drift)."""
+    doc = (ROOT / "docs" / "FLEET.md").read_text(encoding="utf-8")
+    in_doc = set(re.findall(r"-e 's(?P<d>[|~])@([A-Z_]+)@(?P=d)", doc))
+    assert {name for _, name in in_doc} == set(re.findall(r"@([A-Z_]+)@", TEMPLATE.read_text(encoding="utf-8")))
