@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import modfetch_command, sha256_of
-from tests.lookalike import pseudo_random_bytes
+from tests.lookalike import LookalikeServer, Response, pseudo_random_bytes
 from tests.lookalike.civitai import CivFile, CivitaiData, CivitaiLookalike, CivModel, CivVersion
 from tests.lookalike.hub import GOOD_TOKEN, NOACCESS_TOKEN, HubData, HubLookalike
 from tests.servers.nginx_cache import ROOT, TEMPLATE, NginxCache, find_nginx, nginx_has_slice
@@ -238,3 +238,29 @@ def test_fleet_doc_renders_every_placeholder_of_the_template() -> None:
     doc = (ROOT / "docs" / "FLEET.md").read_text(encoding="utf-8")
     in_doc = set(re.findall(r"-e 's(?P<d>[|~])@([A-Z_]+)@(?P=d)", doc))
     assert {name for _, name in in_doc} == set(re.findall(r"@([A-Z_]+)@", TEMPLATE.read_text(encoding="utf-8")))
+
+
+def test_absolute_redirects_come_back_through_the_cache(tmp_path: Path) -> None:
+    """An origin redirecting to itself (absolute Location) or to an allow-listed CDN host: the client is sent back
+    to the cache's Hub/CivitAI port or to its CDN port, never straight to the origin; other hosts pass unchanged."""
+    binary = find_nginx()
+    if binary is None or not nginx_has_slice(binary):
+        pytest.skip("nginx with the slice module not installed (apt-get install nginx-light)")
+    targets: dict[str, str] = {}
+    origin = LookalikeServer(lambda req: Response(307, b"", [("Location", targets.get(req.path, "/"))])).start()
+    cdn = LookalikeServer(lambda req: Response(404)).start()
+    cache = NginxCache(binary, tmp_path / "nginx", origin.url, origin.url, [cdn.url])
+    try:
+        cache.start()
+        targets.update({"/self": f"{origin.url}/moved?x=1", "/api/self": f"{origin.url}/moved?x=1",
+                        "/cdn": f"{cdn.url}/repos/ab/cd/ef?Signature=s", "/other": "http://127.0.0.2:9/elsewhere"})
+        for port_url in (cache.hub_url, cache.civitai_url):
+            for path, want in (("/self", f"{port_url}/moved?x=1"), ("/api/self", f"{port_url}/moved?x=1"),
+                               ("/cdn", f"{cache.cdn_url}/{cdn.hostport}/repos/ab/cd/ef?Signature=s"),
+                               ("/other", "http://127.0.0.2:9/elsewhere")):
+                status, headers, _ = fetch(port_url + path)
+                assert (status, headers.get("Location")) == (307, want), (port_url, path)
+    finally:
+        cache.stop()
+        origin.stop()
+        cdn.stop()
