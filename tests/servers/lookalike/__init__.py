@@ -95,6 +95,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         self.server.owner.record(Recorded(self.command, self.path, headers))
+        if self.server.owner.delay:
+            time.sleep(self.server.owner.delay)  # a per-request latency (round trip, server think time)
         request = Request(
             self.command, parts.path, parse_qs(parts.query, keep_blank_values=True), headers, self.path
         )
@@ -110,6 +112,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
         if self.command != "HEAD" and response.body:
+            self.server.owner.count(len(response.body))  # counted before writing: an upper bound
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self.wfile.write(response.body)
 
@@ -128,11 +131,15 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class LookalikeServer:
-    """An ``App`` served on 127.0.0.1 from a daemon thread; ``records`` lists every request received."""
+    """An ``App`` served on 127.0.0.1 from a daemon thread; ``records`` lists every request received,
+    ``bytes_sent`` counts the response body bytes written (what a cache in front of it saves), ``delay`` adds
+    seconds of latency to every request."""
 
-    def __init__(self, app: App, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: App, port: int = 0, host: str = "127.0.0.1", delay: float = 0.0) -> None:
         self.app = app
         self.records: list[Recorded] = []
+        self.bytes_sent = 0
+        self.delay = delay
         self._lock = threading.Lock()
         self._server = _Server((host, port), _Handler)
         self._server.owner = self
@@ -153,6 +160,10 @@ class LookalikeServer:
     def record(self, entry: Recorded) -> None:
         with self._lock:
             self.records.append(entry)
+
+    def count(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_sent += nbytes
 
     def requests(self) -> list[Recorded]:
         with self._lock:

@@ -13,8 +13,8 @@ Wire format as the real Hub (see huggingface_hub ``file_download.py`` / ``utils/
   ``GET /api/.../{repo}/tree/{rev}[/{path}]?recursive=true`` (paginated with a ``Link: rel="next"`` header).
 * The CDN serves ``/repos/xx/yy/{sha256}`` only with a valid, unexpired signature, honouring ``Range``.
 
-Run standalone: ``python -m tests.servers.lookalike.hub --port 8080 --cdn-port 8081 [--data DIR]``.  ``DIR`` holds
-``models/OWNER/NAME/...`` (and ``datasets/...``) trees; an optional ``.hub.json`` in a repo folder sets
+Run standalone: ``python -m tests.servers.lookalike.hub --port 8080 --cdn-port 8081 [--data DIR] [--delay-ms 20]``.
+``DIR`` holds ``models/OWNER/NAME/...`` (and ``datasets/...``) trees; an optional ``.hub.json`` in a repo folder sets
 ``{"gated": true, "private": true, "aliases": ["oldname"]}``.  Without ``--data`` the demo repos are served.
 """
 
@@ -580,11 +580,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--noaccess-token", action="append", default=[], help="a valid token without gated access"
     )
+    parser.add_argument(
+        "--delay-ms", type=float, default=0.0, help="latency added to every request, Hub and CDN (default 0)"
+    )
     args = parser.parse_args(argv)
     data = HubData.from_directory(args.data) if args.data else HubData.demo()
     data.full_tokens.update(args.token)
     data.noaccess_tokens.update(args.noaccess_token)
     server = HubLookalike(data, args.port, args.cdn_port)
+    server.hub.delay = server.cdn.delay = args.delay_ms / 1000
     server.cdn.start()
     print(
         json.dumps(
