@@ -53,6 +53,9 @@ def progress_of(row: DownloadRow) -> float | None:
     return max(0.0, min(1.0, row.bytes_done / row.size))
 
 
+MISSING = "missing"
+
+
 @dataclass
 class VerifyOutcome:
     """One re-hashed file."""
@@ -71,9 +74,9 @@ def verify_rows(db: StateDB, rows: list[DownloadRow]) -> list[VerifyOutcome]:
         if not row.sha256 or row.status not in (*FINISHED_STATUSES, MISMATCH):
             outcomes.append(VerifyOutcome(row, False, None, f"not finished ({row.status})"))
             continue
-        if not path.exists():
-            db.update_download(row.id, status=MISMATCH, error="file is missing")
-            outcomes.append(VerifyOutcome(row, False, None, "file is missing"))
+        if not os.path.lexists(path):
+            # Not a mismatch: the row stays as it was, so `modfetch list` shows "missing" and `prune` forgets it.
+            outcomes.append(VerifyOutcome(row, False, None, MISSING))
             continue
         if not path.is_file():  # a directory or FIFO put in its place: reading a FIFO would block forever
             db.update_download(row.id, status=MISMATCH, error="not a regular file")
@@ -132,4 +135,5 @@ def _sidecar_hash(checksum: Path) -> str:
     return recorded
 
 
-__all__ = ["VERIFIED", "VerifyOutcome", "open_db", "progress_of", "select_downloads", "verify_paths", "verify_rows"]
+__all__ = ["MISSING", "VERIFIED", "VerifyOutcome", "open_db", "progress_of", "select_downloads", "verify_paths",
+           "verify_rows"]
