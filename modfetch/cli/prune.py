@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..app.library import DEFAULT_PRUNE_AGE, prune
+from ..app.library import prune
 from ..app.status import open_db
 from ..util.sizes import parse_duration
 from .context import CliState, global_options, pass_state
@@ -21,7 +21,7 @@ from .rm import echo_removal
 @pass_state
 def command(state: CliState, dry_run: bool, older_than: str, **_: Any) -> None:
     """Forget downloads whose files are gone, remove their dangling links, delete old .part files."""
-    age = parse_duration(older_than) if older_than else DEFAULT_PRUNE_AGE
+    age = parse_duration(older_than)
     with open_db(state.config) as db:
         report = prune(state.config, db, older_than=age, dry_run=dry_run)
     echo_removal(state, report, "pruned")
