@@ -156,7 +156,7 @@ def test_prune_after_manual_delete(mf: Modfetch, faulty_server: Serve, apps: dic
     old_part = _interrupted(mf, "old.bin", age=3 * 86400)
     new_part = _interrupted(mf, "new.bin", age=60)
     verify = mf.cli("verify", "--all")
-    assert verify.exit_code == 1 and f"missing (forget it: modfetch rm 1, or modfetch prune)" in verify.stdout
+    assert verify.exit_code == 1 and "missing (forget it: modfetch rm 1, or modfetch prune)" in verify.stdout
     dry = mf.cli("prune", "--dry-run", "--older-than", "1d")
     assert dry.exit_code == 0 and old_part.exists() and len(mf.rows()) == 4
     code, report = as_json(mf, "prune", "--older-than", "1d")

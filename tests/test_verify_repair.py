@@ -1,0 +1,123 @@
+"""Repairing a finished file in place: ``verify --repair`` and a plain rerun of the download command re-fetch
+only the damaged chunks (counted at the server), install atomically after the whole-file hash matches, and
+keep the damaged file when the remote changed or the file is not modfetch's any more."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import MiB, Modfetch, assert_clean_error
+from tests.lookalike.hub import HubLookalike
+from tests.servers.faulty import FaultyServer
+
+Serve = Callable[..., FaultyServer]
+SIZE = 8 * MiB  # 8 chunks of 1 MiB (the test config's chunk size)
+
+
+def flip(path: Path, offset: int) -> None:
+    """Flip one byte in place (same inode and size, as bit rot or a stray write would)."""
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def damaged_download(mf: Modfetch, faulty_server: Serve, **faults: object) -> tuple[FaultyServer, Path]:
+    server = faulty_server(size=SIZE, path="/model.safetensors", **faults)
+    path = Path(mf.download_json(server.url)["path"])
+    flip(path, 3 * MiB + 12345)
+    return server, path
+
+
+def test_verify_repair_fetches_only_the_bad_chunk(mf: Modfetch, faulty_server: Serve) -> None:
+    server, path = damaged_download(mf, faulty_server)
+    plain = mf.cli("verify", "--all")
+    assert plain.exit_code == 1 and "MISMATCH" in plain.stdout and "verify --repair" in plain.output
+    mark = server.mark()
+    result = mf.cli("verify", "--repair", "--all")
+    assert result.exit_code == 0, result.output
+    assert "repaired (fetched 1.0 MiB)" in result.stdout
+    assert sha(path) == server.sha256()
+    fetched = server.body_bytes(mark)
+    assert 0 < fetched <= MiB + 1, fetched  # one chunk (plus the 1-byte probe), not the 8 MiB file
+    assert Path(str(path) + ".sha256").read_text() == f"{server.sha256()}  {path.name}\n"
+    assert not Path(str(path) + ".part").exists()
+    (row,) = mf.rows()
+    assert row["status"] == "complete" and row["sha256"] == server.sha256()
+    assert not json.loads(row["meta"]).get("repairing")
+    assert mf.cli("verify", "--all").exit_code == 0
+
+
+def test_rerunning_the_download_command_repairs_without_force(mf: Modfetch, faulty_server: Serve) -> None:
+    server, path = damaged_download(mf, faulty_server)
+    mark = server.mark()
+    result = mf.run("download", "--url", server.url, "--dest", str(mf.dest))
+    assert result.returncode == 0, result.stderr
+    assert "repairing it in place" in result.stderr and "1 completed chunk(s) no longer match" in result.stderr
+    assert sha(path) == server.sha256()
+    assert 0 < server.body_bytes(mark) <= MiB + 1
+
+
+def test_repair_keeps_the_file_when_the_remote_changed(mf: Modfetch, faulty_server: Serve) -> None:
+    server, path = damaged_download(mf, faulty_server)
+    damaged = path.read_bytes()
+    server.configure(change_after=0)  # every GET from now on serves version 2 (another ETag)
+    result = mf.run("verify", "--repair", "--all")
+    assert result.returncode == 1 and "remote file changed" in result.stdout
+    assert path.read_bytes() == damaged and not Path(str(path) + ".part").exists()
+    rerun = mf.run("download", "--url", server.url, "--dest", str(mf.dest))
+    assert_clean_error(rerun.stderr, "is damaged, and the remote file changed")
+    assert path.read_bytes() == damaged
+
+
+def test_a_file_of_another_size_is_not_repaired_over(mf: Modfetch, faulty_server: Serve) -> None:
+    """Not bit rot: the user put another file there.  The rerun still refuses to overwrite it."""
+    server = faulty_server(size=2 * MiB)
+    path = Path(mf.download_json(server.url)["path"])
+    path.write_bytes(b"mine")
+    rerun = mf.run("download", "--url", server.url, "--dest", str(mf.dest))
+    assert_clean_error(rerun.stderr, "already exists with different or unknown content")
+    assert path.read_bytes() == b"mine"
+
+
+def test_single_stream_download_is_repaired_whole(mf: Modfetch, faulty_server: Serve) -> None:
+    """No chunk hashes on record (the server had no Range support): the whole file is fetched again, and
+    still installed only once it hashes to the recorded value."""
+    server, path = damaged_download(mf, faulty_server, ranges=False)
+    mark = server.mark()
+    result = mf.cli("verify", "--repair", "1")
+    assert result.exit_code == 0, result.output
+    assert sha(path) == server.sha256() and server.body_bytes(mark) >= SIZE
+
+
+def test_deleted_file_rerun_says_what_happened(mf: Modfetch, faulty_server: Serve) -> None:
+    """A file flagged by verify and then deleted: the rerun fetches it again without claiming a shorter
+    .part or chunks that 'no longer match' (there was no .part at all)."""
+    server, path = damaged_download(mf, faulty_server)
+    assert mf.cli("verify", "--all").exit_code == 1  # status mismatch, chunk rows kept
+    path.unlink()
+    result = mf.run("download", "--url", server.url, "--dest", str(mf.dest))
+    assert result.returncode == 0, result.stderr
+    assert "shorter than recorded" not in result.stderr and "no longer match" not in result.stderr
+    assert sha(path) == server.sha256()
+
+
+def test_hf_file_is_repaired_from_its_original_uri(mf: Modfetch) -> None:
+    with HubLookalike() as hub:
+        mf.write_config(sources={"huggingface": {"endpoint": hub.url}})
+        got = mf.cli("download", "--json", "--url", "hf://acme/tiny-model/weights/model.safetensors")
+        assert got.exit_code == 0, got.output
+        path = Path(json.loads(got.stdout.strip().splitlines()[-1])["path"])
+        good = path.read_bytes()
+        flip(path, 1000)
+        result = mf.cli("verify", "--repair", str(path))
+        assert result.exit_code == 0, result.output
+        assert path.read_bytes() == good
