@@ -174,3 +174,26 @@ def test_hostile_repo_listing_stays_inside(mf: Modfetch, tmp_path: Path) -> None
             assert result.exit_code == 0, result.output
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.txt"))
     assert written == ["d/ok.txt", "dl/hf/evil/repo/ok.txt"]
+
+
+def test_status_table_tells_same_named_files_apart(mf: Modfetch, hub: HubLookalike) -> None:
+    use_hub(mf, hub)
+    fetch(mf, "hf://openai-community/gpt2/model.safetensors")
+    fetch(mf, "hf://acme/tiny-model/weights/model.safetensors")
+    lines = mf.cli("status").stdout.splitlines()
+    assert lines[0].split() == ["ID", "FILE", "SOURCE", "SIZE", "PROGRESS", "STATUS", "UPDATED", "PATH"]
+    rows = [line.split() for line in lines[1:3]]
+    assert {r[-1] for r in rows} == {"hf/openai-community/gpt2/model.safetensors",
+                                     "hf/acme/tiny-model/weights/model.safetensors"}
+    assert all(r[1] == "model.safetensors" and r[2] == "huggingface" for r in rows)
+
+
+def test_status_path_is_shortened_from_the_left(tmp_path: Path) -> None:
+    from modfetch.cli.status import short_path
+
+    root = tmp_path / "root"
+    deep = str(root / ("d" * 80) / "tail-folder" / "model.safetensors")
+    shown = short_path(deep, root, width=40)
+    assert shown.startswith("~") and shown.endswith("tail-folder/model.safetensors") and len(shown) <= 40
+    assert short_path(str(root / "a/b.bin"), root) == "a/b.bin"
+    assert short_path("/elsewhere/x\x1b[31m.bin", root) == "/elsewhere/x?[31m.bin"

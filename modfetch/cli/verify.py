@@ -32,11 +32,15 @@ def command(state: CliState, targets: tuple[str, ...], verify_all: bool, repair:
             paths = [t for t in targets if not t.isdigit()]
             rows = [r for i in ids for r in select_downloads(db, i)]
             outcomes = verify_rows(db, rows) + verify_paths(db, paths)
-    bad = 0
+    bad, hints = 0, []
     for outcome in outcomes:
         if repair and outcome.message == "MISMATCH" and outcome.row.id:
             outcome = _repair(state, outcome)
         bad += not outcome.ok
+        if outcome.message == "MISMATCH" and not repair:
+            hints.append("modfetch verify --repair mends damaged files in place")
+        elif outcome.message == MISSING:
+            hints.append("forget deleted files with 'modfetch rm ID' or 'modfetch prune'")
         message = outcome.message
         if message == MISSING:
             message = f"missing (forget it: modfetch rm {outcome.row.id}, or modfetch prune)"
@@ -45,7 +49,7 @@ def command(state: CliState, targets: tuple[str, ...], verify_all: bool, repair:
         click.echo("nothing to verify")
     if bad:
         raise IntegrityError(f"{bad} of {len(outcomes)} file(s) failed verification",
-                             hint=None if repair else "modfetch verify --repair mends damaged files in place")
+                             hint="; ".join(dict.fromkeys(hints)) or None)
 
 
 def _repair(state: CliState, outcome: VerifyOutcome) -> VerifyOutcome:
