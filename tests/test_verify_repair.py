@@ -121,3 +121,14 @@ def test_hf_file_is_repaired_from_its_original_uri(mf: Modfetch) -> None:
         result = mf.cli("verify", "--repair", str(path))
         assert result.exit_code == 0, result.output
         assert path.read_bytes() == good
+
+
+def test_failed_repair_keeps_the_damaged_file(mf: Modfetch, faulty_server: Serve) -> None:
+    """The server now sends wrong bytes every time: the whole-file hash never matches the recorded one, so
+    nothing is installed; the damaged file stays exactly as it was and no .part is left behind."""
+    server, path = damaged_download(mf, faulty_server)
+    damaged = path.read_bytes()
+    server.configure(corrupt_times=None)  # every data response has its first byte flipped
+    result = mf.run("verify", "--repair", "--all")
+    assert result.returncode == 1 and "not repaired" in result.stdout
+    assert path.read_bytes() == damaged and not Path(str(path) + ".part").exists()
