@@ -4,6 +4,7 @@ paths, downloads from the old flat layout still found where they are, and path s
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,10 @@ from typing import Any
 import pytest
 
 from modfetch.app.layout import civitai_folder, hf_subdir, host_folder, library_subdir
+from modfetch.cli.status import short_path
 from modfetch.resolvers.base import ResolvedFile
 from modfetch.util.filenames import safe_join
-from tests.conftest import MiB, Modfetch
+from tests.conftest import MiB, Modfetch, wait_for
 from tests.lookalike.civitai import CivitaiLookalike
 from tests.lookalike.hub import HubData, HubLookalike
 from tests.servers.faulty import FaultyServer
@@ -189,11 +191,31 @@ def test_status_table_tells_same_named_files_apart(mf: Modfetch, hub: HubLookali
 
 
 def test_status_path_is_shortened_from_the_left(tmp_path: Path) -> None:
-    from modfetch.cli.status import short_path
-
     root = tmp_path / "root"
     deep = str(root / ("d" * 80) / "tail-folder" / "model.safetensors")
     shown = short_path(deep, root, width=40)
     assert shown.startswith("~") and shown.endswith("tail-folder/model.safetensors") and len(shown) <= 40
     assert short_path(str(root / "a/b.bin"), root) == "a/b.bin"
     assert short_path("/elsewhere/x\x1b[31m.bin", root) == "/elsewhere/x?[31m.bin"
+
+
+def test_interrupted_old_layout_download_resumes_where_its_part_is(mf: Modfetch, faulty_server: Serve) -> None:
+    """An old-layout download interrupted (SIGINT) with its .part in download_root: the rerun without --dest
+    resumes that .part instead of starting over in the new layout."""
+    server = faulty_server(size=8 * MiB, path="/big.bin", rate=1 << 20)
+    proc = mf.popen("--quiet", "download", "--url", server.url, "--dest", str(mf.dest))
+    try:
+        wait_for(lambda: any(c["status"] == "complete" for r in mf.rows() for c in mf.chunk_rows(r["id"])),
+                 "a complete chunk", proc)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (mf.dest / "big.bin.part").exists()
+    server.configure(rate=None)
+    mark = server.mark()
+    got = fetch(mf, server.url)
+    assert got["path"] == str(mf.dest / "big.bin") and Path(got["path"]).read_bytes() == server.content()
+    assert server.body_bytes(mark) < 8 * MiB and not (mf.dest / f"127.0.0.1_{server.port}").exists()
