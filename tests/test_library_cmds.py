@@ -18,6 +18,7 @@ from modfetch.errors import UsageError
 from modfetch.state import INTERRUPTED, open_state
 from modfetch.util.sizes import parse_duration
 from tests.conftest import MiB, Modfetch, assert_clean_error
+from tests.lookalike.hub import HubLookalike
 from tests.servers.faulty import FaultyServer
 
 Serve = Callable[..., FaultyServer]
@@ -205,3 +206,22 @@ def test_bad_durations(mf: Modfetch, text: str) -> None:
         parse_duration(text)
     result = mf.cli("prune", "--older-than", text)
     assert result.exit_code == 2 and "modfetch: error:" in result.output
+
+
+def test_rm_removes_an_hf_cache_placement_with_its_blob(mf: Modfetch, tmp_path: Path) -> None:
+    """The HF cache holds a relative snapshot link to a blob (a hardlink of the file): rm removes both, and the
+    bytes are freed once everything pointing at them is gone."""
+    cache = tmp_path / "hub-cache"
+    with HubLookalike() as hub:
+        mf.write_config(sources={"huggingface": {"endpoint": hub.url}},
+                        placement={"apps": {"hf-cache": {"preset": "hf-cache", "base": str(cache)}}})
+        got = mf.cli("download", "--json", "--url", "hf://acme/tiny-model/weights/model.safetensors", "--place")
+        assert got.exit_code == 0, got.output
+    path = Path(json.loads(got.stdout.strip().splitlines()[-1])["path"])
+    snapshots = list(cache.rglob("snapshots/*/weights/model.safetensors"))
+    blobs = [p for p in cache.rglob("blobs/*") if p.is_file()]
+    assert len(snapshots) == 1 and snapshots[0].is_symlink() and len(blobs) == 1
+    code, report = as_json(mf, "rm", str(path))
+    assert code == 0, report
+    assert not os.path.lexists(snapshots[0]) and not blobs[0].exists() and not path.exists()
+    assert report["kept"] == [] and report["bytes_freed"] >= 1_200_000  # the file's size, freed once

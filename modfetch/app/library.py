@@ -179,7 +179,11 @@ def _remove_files(db: StateDB, row: DownloadRow, report: RemovalReport) -> None:
         target = Path(placement.target_path)
         verdict = placement_verdict(placement, row)
         if verdict == "ours":
-            report.delete(target)
+            blob = os.path.realpath(target) if os.path.islink(target) else None
+            if report.delete(target) and blob is not None and blob != os.path.realpath(dest) and not report.dry_run:
+                leftover = _cache_blob_after(Path(blob), row)
+                if leftover is not None:
+                    report.delete(leftover)
         elif verdict != "absent":
             report.kept.append(f"{target}: {verdict}")
     sidecar = dest.with_name(dest.name + ".sha256")
@@ -215,8 +219,11 @@ def placement_verdict(placement: PlacementRow, row: DownloadRow) -> str:
     if stat.S_ISLNK(lst.st_mode):
         text = os.readlink(target)
         pointed = os.path.normpath(os.path.join(os.path.dirname(target), text))
-        return "ours" if pointed in sources or os.path.realpath(target) in sources else \
-            "a link that points elsewhere now"
+        if pointed in sources or os.path.realpath(target) in sources:
+            return "ours"
+        # An HF-cache snapshot links to its blob, which holds the file's bytes (a hardlink or verified copy).
+        real = os.path.realpath(target)
+        return "ours" if os.path.isfile(real) and holds_bytes_of(real, row) else "a link that points elsewhere now"
     if not stat.S_ISREG(lst.st_mode):
         return "not a file or link any more"
     if placement.mode == "modelfile":
@@ -226,16 +233,37 @@ def placement_verdict(placement: PlacementRow, row: DownloadRow) -> str:
         except OSError:
             ours = False
         return "ours" if ours else "changed since modfetch wrote it"
+    try:
+        return "ours" if holds_bytes_of(target, row) else "changed since modfetch placed it"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+
+
+def holds_bytes_of(path: str, row: DownloadRow) -> bool:
+    """True when the regular file ``path`` is the download's file (same inode) or a copy of its bytes."""
+    st = os.stat(path)
     with contextlib.suppress(OSError):
-        if os.path.samestat(lst, os.stat(row.dest_path)):
-            return "ours"
-    if row.sha256 and (row.size is None or lst.st_size == row.size):
-        try:
-            if sha256_file(target) == row.sha256:
-                return "ours"
-        except OSError as exc:
-            return f"cannot read: {exc.strerror or exc}"
-    return "changed since modfetch placed it"
+        if os.path.samestat(st, os.stat(row.dest_path)):
+            return True
+    return bool(row.sha256) and (row.size is None or st.st_size == row.size) and sha256_file(path) == row.sha256
+
+
+def _cache_blob_after(blob: Path, row: DownloadRow) -> Path | None:
+    """``blob`` when it is an HF-cache blob (``<repo>/blobs/<etag>``) that a removed snapshot link pointed to,
+    holds the download's bytes and no other snapshot of that repo links to any more (a blob shared by another
+    revision is kept)."""
+    snapshots = blob.parent.parent / "snapshots"
+    if blob.parent.name != "blobs" or not snapshots.is_dir() or not blob.is_file():
+        return None
+    for folder, _dirs, files in os.walk(snapshots):
+        for name in files:
+            other = os.path.join(folder, name)
+            if os.path.islink(other) and os.path.realpath(other) == str(blob):
+                return None
+    try:
+        return blob if holds_bytes_of(str(blob), row) else None
+    except OSError:
+        return None
 
 
 # -- pruning ----------------------------------------------------------------------------------------------
