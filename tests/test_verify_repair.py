@@ -132,3 +132,16 @@ def test_failed_repair_keeps_the_damaged_file(mf: Modfetch, faulty_server: Serve
     result = mf.run("verify", "--repair", "--all")
     assert result.returncode == 1 and "not repaired" in result.stdout
     assert path.read_bytes() == damaged and not Path(str(path) + ".part").exists()
+
+
+def test_old_layout_file_flagged_by_verify_is_repaired_where_it_is(mf: Modfetch, faulty_server: Serve) -> None:
+    """A damaged file from the flat layout, already marked mismatch by verify: a rerun without --dest mends it
+    at its old path (found by URL) instead of fetching a second copy into the new layout."""
+    server, path = damaged_download(mf, faulty_server)  # --dest download_root: the old default place
+    assert mf.cli("verify", "--all").exit_code == 1
+    mark = server.mark()
+    result = mf.cli("download", "--json", "--url", server.url)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["path"] == str(path)
+    assert sha(path) == server.sha256() and 0 < server.body_bytes(mark) <= MiB + 1
+    assert not (mf.dest / f"127.0.0.1_{server.port}").exists()

@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from ..resolvers.base import ResolvedFile
-from ..state import FINISHED_STATUSES, StateDB
+from ..state import FINISHED_STATUSES, MISMATCH, StateDB
 from ..util.filenames import sanitize_filename, sanitize_relpath
 
 DEFAULT_REVISION = "main"
@@ -91,7 +91,8 @@ def previous_location(db: StateDB, display_url: str, root: Path) -> Path | None:
         if row.url != display_url or not row.dest_path.startswith(root_text):
             continue
         path = Path(row.dest_path)
-        if (row.status in FINISHED_STATUSES and path.is_file()) or row.part_path.is_file():
+        # A damaged one (mismatch) too: the rerun repairs it where it is instead of fetching a second copy.
+        if (row.status in (*FINISHED_STATUSES, MISMATCH) and path.is_file()) or row.part_path.is_file():
             return path
     return None
 
