@@ -332,8 +332,8 @@ class Downloader:
         Only the same URL, the same size and (unless ``req.repair``) the same inode count as "our file,
         damaged": a file of another size or a new inode was put there by someone else and is left to
         ``_already_present`` (which refuses to overwrite it without --force)."""
-        if row is None or req.force or not row.sha256 or not dest.is_file() or row.size is None:
-            return None
+        if row is None or req.force or not row.sha256 or row.size is None or dest.is_symlink() or not dest.is_file():
+            return None  # (a link put in its place is someone else's: never read through it)
         if row.status not in (*FINISHED_STATUSES, MISMATCH) and not row.meta.get("repairing"):
             return None
         if row.url != redact_url(req.display_url or req.url) or (expected and expected != row.sha256):
