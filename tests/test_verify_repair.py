@@ -9,6 +9,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import MiB, Modfetch, assert_clean_error
 from tests.lookalike.hub import HubLookalike
 from tests.servers.faulty import FaultyServer
@@ -78,14 +80,36 @@ def test_repair_keeps_the_file_when_the_remote_changed(mf: Modfetch, faulty_serv
     assert path.read_bytes() == damaged
 
 
-def test_a_file_of_another_size_is_not_repaired_over(mf: Modfetch, faulty_server: Serve) -> None:
-    """Not bit rot: the user put another file there.  The rerun still refuses to overwrite it."""
+def _replace_by_size(path: Path) -> None:
+    path.write_bytes(b"mine")
+
+
+def _replace_by_rename(path: Path) -> None:
+    """Same size, other bytes, a new inode: someone put their own file there."""
+    other = path.with_name("mine.tmp")
+    other.write_bytes(bytes(path.stat().st_size))
+    other.replace(path)
+
+
+def _replace_by_link(path: Path) -> None:
+    """A link to a same-sized foreign file: never read through, never repaired."""
+    other = path.with_name("foreign.bin")
+    other.write_bytes(bytes(path.stat().st_size))
+    path.unlink()
+    path.symlink_to(other)
+
+
+@pytest.mark.parametrize("replace", [_replace_by_size, _replace_by_rename, _replace_by_link])
+def test_a_file_someone_else_put_there_is_not_repaired_over(mf: Modfetch, faulty_server: Serve,
+                                                            replace: Callable[[Path], None]) -> None:
+    """Not bit rot: another size, another inode or a link.  The rerun still refuses to overwrite it."""
     server = faulty_server(size=2 * MiB)
     path = Path(mf.download_json(server.url)["path"])
-    path.write_bytes(b"mine")
+    replace(path)
+    before = (path.is_symlink(), path.read_bytes())
     rerun = mf.run("download", "--url", server.url, "--dest", str(mf.dest))
     assert_clean_error(rerun.stderr, "already exists with different or unknown content")
-    assert path.read_bytes() == b"mine"
+    assert (path.is_symlink(), path.read_bytes()) == before
 
 
 def test_single_stream_download_is_repaired_whole(mf: Modfetch, faulty_server: Serve) -> None:
