@@ -494,6 +494,17 @@ class StateDB:
             args.append(source_path)
         return [PlacementRow(**dict(r)) for r in self.conn.execute(sql + " ORDER BY id", args).fetchall()]
 
+    def delete_placement(self, placement_id: int) -> None:
+        """Forget one placement record (the link or copy itself is the caller's business)."""
+        self.conn.execute("DELETE FROM placements WHERE id = ?", (placement_id,))
+
+    def forget_download(self, download_id: int) -> None:
+        """Forget a download with its chunks and its placement records, in one transaction."""
+        with self.transaction():
+            self.conn.execute("DELETE FROM placements WHERE download_id = ?", (download_id,))
+            self.conn.execute("DELETE FROM chunks WHERE download_id = ?", (download_id,))
+            self.conn.execute("DELETE FROM downloads WHERE id = ?", (download_id,))
+
     # -- counters (metrics survive across processes) ---------------------------------------------------
     def add_counters(self, increments: Iterable[tuple[str, str, float]]) -> None:
         """Add to named counters (name, labels, delta) in one transaction."""

@@ -14,7 +14,9 @@ from ..errors import ModfetchError, UsageError
 from ..progress import ProgressListener
 from ..resolvers.base import ResolvedFile, make_session
 from ..resolvers.registry import resolve
+from ..state import StateDB, open_state
 from ..util.redact import redact_url
+from .layout import dest_subdir, library_subdir, previous_location
 
 log = logging.getLogger("modfetch.app")
 ProgressFactory = Callable[[], ProgressListener]
@@ -42,20 +44,34 @@ def resolve_uri(config: Config, uri: str) -> list[ResolvedFile]:
         session.close()
 
 
-def build_request(config: Config, item: ResolvedFile, options: DownloadOptions, single: bool) -> DownloadRequest:
-    """The engine request for one resolved file, applying --dest/--out/--sha256/--type."""
+def build_request(config: Config, item: ResolvedFile, options: DownloadOptions, single: bool,
+                  db: StateDB | None = None, uri: str | None = None) -> DownloadRequest:
+    """The engine request for one resolved file, applying --dest/--out/--sha256/--type and the library layout
+    (see ``app.layout``); with ``db``, a file an earlier run put in the old flat layout is found where it is."""
     if options.out and not single:
         raise UsageError("--out names one file, but this URI resolves to several")
     expected = options.sha256 or item.sha256
     if options.sha256 and item.sha256 and options.sha256.lower() != item.sha256.lower():
         raise UsageError(f"--sha256 {options.sha256} disagrees with the source's published {item.sha256}")
     hints = dict(item.hints)
+    if uri is not None:
+        hints.setdefault("uri", redact_url(uri))  # what `verify --repair` resolves again
+    display_url = redact_url(item.display_url or item.url)  # as the engine stores it
+    dest_dir, subdir, filename = options.dest or config.download_root, "", options.out or item.filename
+    if options.dest is not None:
+        subdir = dest_subdir(item)
+    else:
+        old = None if db is None or options.out else previous_location(db, display_url, config.download_root)
+        if old is not None:
+            dest_dir, filename = old.parent, old.name
+        else:
+            subdir = library_subdir(item)
     return DownloadRequest(
         url=item.url,
-        dest_dir=options.dest or config.download_root,
+        dest_dir=dest_dir,
         display_url=item.display_url or redact_url(item.url),
-        filename=options.out or item.filename,
-        subdir=item.subdir,
+        filename=filename,
+        subdir=subdir,
         headers=dict(item.headers),
         auth_host=item.auth_host,
         expected_sha256=expected.lower() if expected else None,
@@ -84,7 +100,9 @@ def download_uri(config: Config, uri: str, options: DownloadOptions, progress: P
     items = resolve_uri(config, uri)
     if not items:
         raise UsageError(f"{redact_url(uri)} names no files", hint="check the include/exclude patterns")
-    requests_ = [build_request(config, item, options, single=len(items) == 1) for item in items]
+    with open_state(config.state_db) as db:
+        requests_ = [build_request(config, item, options, single=len(items) == 1, db=db, uri=uri)
+                     for item in items]
 
     def run(req: DownloadRequest) -> DownloadResult:
         downloader = Downloader(config, progress=progress(), concurrency=options.concurrency,

@@ -56,6 +56,9 @@ def progress_of(row: DownloadRow) -> float | None:
     return max(0.0, min(1.0, row.bytes_done / row.size))
 
 
+MISSING = "missing"
+
+
 @dataclass
 class VerifyOutcome:
     """One re-hashed file; ``skipped`` when it could not be judged now (being downloaded, or changed meanwhile)."""
@@ -102,9 +105,9 @@ def _verify_one(db: StateDB, row: DownloadRow, on_hashed: Callable[[DownloadRow]
     path = Path(row.dest_path)
     if not row.sha256 or row.status not in (*FINISHED_STATUSES, MISMATCH):
         return VerifyOutcome(row, False, None, f"not finished ({row.status})")
-    if not path.exists():
-        return _judge(db, row, VerifyOutcome(row, False, None, "file is missing"),
-                      status=MISMATCH, error="file is missing")
+    if not os.path.lexists(path):
+        # Not a mismatch: the row stays as it was, so `modfetch list` shows "missing" and `prune` forgets it.
+        return VerifyOutcome(row, False, None, MISSING)
     if not path.is_file():  # a directory or FIFO put in its place: reading a FIFO would block forever
         return _judge(db, row, VerifyOutcome(row, False, None, "not a regular file"),
                       status=MISMATCH, error="not a regular file")
@@ -173,4 +176,5 @@ def _sidecar_hash(checksum: Path) -> str:
     return recorded
 
 
-__all__ = ["VERIFIED", "VerifyOutcome", "open_db", "progress_of", "select_downloads", "verify_paths", "verify_rows"]
+__all__ = ["MISSING", "VERIFIED", "VerifyOutcome", "open_db", "progress_of", "select_downloads", "verify_paths",
+           "verify_rows"]

@@ -35,7 +35,7 @@ _NO_ARGS_IS_HELP: type[click.ClickException] = getattr(
 # Subcommands are imported only when used, so `modfetch --version` and `status` stay fast (no requests import).
 COMMAND_MODULES = {
     "download": "download", "status": "status", "verify": "verify", "place": "place", "type": "types",
-    "tui": "tui",
+    "tui": "tui", "list": "list", "rm": "rm", "prune": "prune",
 }
 
 

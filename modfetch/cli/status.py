@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,7 +26,7 @@ from ..state import (
 )
 from ..util.redact import redact
 from ..util.sizes import human_size
-from ..util.termtext import fit, printable
+from ..util.termtext import cut, fit, printable, text_width
 from .context import CliState, global_options, pass_state
 
 
@@ -35,18 +37,34 @@ def _json_row(row: DownloadRow, placements: list[dict[str, Any]]) -> dict[str, A
     return data
 
 
-def render_table(rows: list[DownloadRow]) -> str:
+def short_path(path: str, root: Path | None, width: int = 48) -> str:
+    """``path`` relative to the download root (or with ``~`` for the home folder), its start cut with ``~`` to
+    fit ``width`` columns: the end (repo folder and file) is what tells two same-named files apart."""
+    home = os.path.expanduser("~").rstrip("/") + "/"
+    if root is not None and path.startswith(str(root).rstrip("/") + "/"):
+        path = path[len(str(root).rstrip("/")) + 1:]
+    elif home != "/" and path.startswith(home):
+        path = "~/" + path[len(home):]
+    text = printable(redact(path))
+    if text_width(text) <= width:
+        return text
+    return "~" + cut(text[::-1], width - 1)[::-1].lstrip("~")
+
+
+def render_table(rows: list[DownloadRow], root: Path | None = None) -> str:
     """The human status table.  Names and statuses come from the DB: control characters (an escape sequence
-    would act on the terminal) become ``?``, secrets are masked, and widths are counted in columns."""
-    header = f"{'ID':>4}  {'FILE':<40}  {'SIZE':>10}  {'PROGRESS':>8}  {'STATUS':<11}  UPDATED"
+    would act on the terminal) become ``?``, secrets are masked, and widths are counted in columns.  PATH is
+    relative to ``root`` (the download root) when the file lies inside it."""
+    header = (f"{'ID':>4}  {'FILE':<40}  {'SOURCE':<11}  {'SIZE':>10}  {'PROGRESS':>8}  {'STATUS':<11}  "
+              f"{'UPDATED':<19}  PATH")
     lines = [header]
     for row in rows:
         fraction = progress_of(row)
         progress = "?" if fraction is None else f"{fraction * 100:.1f}%"
         name = fit(redact(row.dest_path.rsplit("/", 1)[-1]), 40)
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.updated_at))
-        lines.append(f"{row.id:>4}  {name}  {human_size(row.size):>10}  {progress:>8}  "
-                     f"{fit(row.status, 11)}  {updated}")
+        lines.append(f"{row.id:>4}  {name}  {fit(row.source, 11)}  {human_size(row.size):>10}  {progress:>8}  "
+                     f"{fit(row.status, 11)}  {updated}  {short_path(row.dest_path, root)}")
     return "\n".join(lines)
 
 
@@ -80,7 +98,7 @@ def _render(state: CliState, db: StateDB, selector: str | None, statuses: list[s
         return json.dumps(out) if compact else json.dumps(out, indent=2)
     if not rows:
         return "no downloads match" if (statuses or source or selector) else "no downloads yet"
-    return render_table(rows) + render_placements(db, rows)
+    return render_table(rows, state.config.download_root) + render_placements(db, rows)
 
 
 def _watch(state: CliState, selector: str | None, statuses: list[str], source: str | None,

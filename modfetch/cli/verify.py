@@ -1,4 +1,4 @@
-"""``modfetch verify``: re-hash finished files and compare with the recorded SHA-256."""
+"""``modfetch verify``: re-hash finished files and compare with the recorded SHA-256; ``--repair`` mends them."""
 
 from __future__ import annotations
 
@@ -6,19 +6,22 @@ from typing import Any
 
 import click
 
-from ..app.status import open_db, select_downloads, verify_paths, verify_rows
-from ..errors import IntegrityError, UsageError
+from ..app.status import MISSING, VerifyOutcome, open_db, select_downloads, verify_paths, verify_rows
+from ..errors import IntegrityError, ModfetchError, UsageError
 from ..state import FINISHED_STATUSES, MISMATCH
+from ..util.sizes import human_size
 from .context import CliState, global_options, pass_state
 
 
 @click.command("verify")
 @click.argument("targets", nargs=-1)
 @click.option("--all", "verify_all", is_flag=True, help="Verify every finished download.")
+@click.option("--repair", is_flag=True,
+              help="Mend files that no longer match in place, re-fetching only their damaged chunks.")
 @global_options
 @pass_state
-def command(state: CliState, targets: tuple[str, ...], verify_all: bool, **_: Any) -> None:
-    """Re-hash finished files (--all, IDs or PATHs); exits 1 if any file does not match."""
+def command(state: CliState, targets: tuple[str, ...], verify_all: bool, repair: bool, **_: Any) -> None:
+    """Re-hash finished files (--all, IDs or PATHs); exits 1 if any file is missing or does not match."""
     if not verify_all and not targets:
         raise UsageError("say what to verify", hint="modfetch verify --all, or an ID or PATH")
     # Each target's download lock is taken while it is hashed: a file being (re-)downloaded is skipped.
@@ -31,12 +34,34 @@ def command(state: CliState, targets: tuple[str, ...], verify_all: bool, **_: An
             paths = [t for t in targets if not t.isdigit()]
             rows = [r for i in ids for r in select_downloads(db, i)]
             outcomes = verify_rows(db, rows, locks) + verify_paths(db, paths, locks)
-    bad = 0
+    bad, hints = 0, []
     for outcome in outcomes:
+        if repair and outcome.message == "MISMATCH" and outcome.row.id:
+            outcome = _repair(state, outcome)
         bad += not outcome.ok and not outcome.skipped
+        if outcome.message == "MISMATCH" and not repair:
+            hints.append("modfetch verify --repair mends damaged files in place")
+        elif outcome.message == MISSING:
+            hints.append("forget deleted files with 'modfetch rm ID' or 'modfetch prune'")
+        message = outcome.message
+        if message == MISSING:
+            message = f"missing (forget it: modfetch rm {outcome.row.id}, or modfetch prune)"
         label = "OK" if outcome.ok else "SKIP" if outcome.skipped else "FAIL"
-        click.echo(f"{label:<4}  {outcome.row.dest_path}  {outcome.message}")
+        click.echo(f"{label:<4}  {outcome.row.dest_path}  {message}")
     if not outcomes:
         click.echo("nothing to verify")
     if bad:
-        raise IntegrityError(f"{bad} of {len(outcomes)} file(s) failed verification")
+        raise IntegrityError(f"{bad} of {len(outcomes)} file(s) failed verification",
+                             hint="; ".join(dict.fromkeys(hints)) or None)
+
+
+def _repair(state: CliState, outcome: VerifyOutcome) -> VerifyOutcome:
+    """Repair one mismatching file; the outcome says what happened (never raises a ModfetchError)."""
+    from ..app.repair import repair_download  # imports requests: only when repairing
+
+    try:
+        result = repair_download(state.config, outcome.row)
+    except ModfetchError as exc:
+        return VerifyOutcome(outcome.row, False, outcome.sha256, f"MISMATCH, not repaired: {exc.message}")
+    return VerifyOutcome(outcome.row, True, result.sha256,
+                         f"repaired (fetched {human_size(result.fetched_bytes)})")

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import queue
@@ -69,6 +70,7 @@ from .files import (
 )
 from .hashing import PrefixHasher, git_blob_sha1, hash_range, range_digest, sha256_file
 from .http import RangesIgnored, RemoteChanged, RetryableError, shutdown_response
+from .partcopy import copy_into_part
 from .plan import plan_chunks
 from .probe import ProbeResult, probe
 from .retry import backoff_wait
@@ -121,6 +123,7 @@ class DownloadRequest:
     source: str = "http"
     artifact_type: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    repair: bool = False  # `verify --repair`: mend the installed file even if its inode changed since
 
 
 @dataclass
@@ -221,6 +224,9 @@ class Downloader:
                     dest: Path, started: float) -> DownloadResult:
         expected = req.expected_sha256.lower() if req.expected_sha256 else None
         row = db.find_by_dest(str(dest))
+        damaged = self._repairable(db, row, req, info, dest, expected)
+        if damaged is not None:
+            return self._repair_installed(db, session, req, info, dest, damaged, started)
         present = self._already_present(db, row, req, info, dest, expected)
         if present is not None:
             return present
@@ -317,6 +323,69 @@ class Downloader:
             return None
         raise TargetExistsError(f"{dest} already exists with different or unknown content",
                                 hint="pass --sha256 to check it, --force to replace it, or --out another name")
+
+    def _repairable(self, db: StateDB, row: DownloadRow | None, req: DownloadRequest, info: ProbeResult,
+                    dest: Path, expected: str | None) -> DownloadRow | None:
+        """The row of an installed file this download finished once and that no longer hashes to what was
+        recorded (bit rot, a bad disk, a stray write), when it can be mended in place; else None.
+
+        Only the same URL, the same size and (unless ``req.repair``) the same inode count as "our file,
+        damaged": a file of another size or a new inode was put there by someone else and is left to
+        ``_already_present`` (which refuses to overwrite it without --force)."""
+        if row is None or req.force or not row.sha256 or row.size is None or dest.is_symlink() or not dest.is_file():
+            return None  # (a link put in its place is someone else's: never read through it)
+        if row.status not in (*FINISHED_STATUSES, MISMATCH) and not row.meta.get("repairing"):
+            return None
+        if row.url != redact_url(req.display_url or req.url) or (expected and expected != row.sha256):
+            return None
+        st = dest.stat()
+        recorded = row.meta.get("stat")
+        if st.st_size != row.size or (not req.repair and isinstance(recorded, list) and len(recorded) == 3
+                                      and recorded[2] != st.st_ino):
+            return None
+        if self._cached_sha256(row, dest) == row.sha256:
+            return None
+        same_remote = (row.size == info.size and (row.etag or None) == (info.etag or None)
+                       and (row.etag is not None or (row.last_modified or None) == (info.last_modified or None)))
+        if not same_remote:
+            db.update_download(row.id, status=MISMATCH, error="damaged; the remote file changed since")
+            raise RemoteChangedError(
+                f"{dest} is damaged, and the remote file changed since it was downloaded: not repairing it",
+                hint="the damaged file is kept; pass --force to download the new version over it")
+        return row
+
+    def _repair_installed(self, db: StateDB, session: requests.Session, req: DownloadRequest, info: ProbeResult,
+                          dest: Path, row: DownloadRow, started: float) -> DownloadResult:
+        """Mend a damaged installed file: copy it to the ``.part``, let the resume path re-hash every recorded
+        chunk and fetch only those that differ, and install over the damaged file (os.replace) only once the
+        whole file hashes to the recorded SHA-256.  The damaged file stays in place until then."""
+        assert row.sha256 is not None and row.size is not None
+        part = row.part_path
+        chunks = db.get_chunks(row.id)
+        covered = (info.ranges and bool(chunks) and chunks[0].start == 0 and chunks[-1].end == row.size
+                   and all(c.status == CHUNK_COMPLETE and c.sha256 for c in chunks)
+                   and all(a.end == b.start for a, b in itertools.pairwise(chunks)))
+        resuming = bool(row.meta.get("repairing")) and part.is_file()
+        if not resuming:
+            if covered:
+                copy_into_part(dest, part)
+            else:
+                db.replace_chunks(row.id, [])  # no chunk hashes on record: the whole file is fetched again
+                part.unlink(missing_ok=True)
+        log.warning("%s no longer matches its recorded SHA-256; repairing it in place (%s)", dest,
+                    "re-fetching only the chunks that differ" if covered or resuming else "fetching it whole",
+                    extra={"download_id": row.id})
+        db.update_download(row.id, meta=dict(row.meta, repairing=True), error=None, pid=os.getpid())
+        fresh = db.get_download(row.id) or row
+        try:
+            return self._transfer(db, session, dataclasses.replace(req, force=True), info, dest, fresh,
+                                  row.sha256, started)
+        except RemoteChanged:
+            db.update_download(row.id, status=MISMATCH, error="damaged; the remote file changed during repair")
+            db.replace_chunks(row.id, [])
+            part.unlink(missing_ok=True)
+            raise RemoteChangedError(f"the remote file changed while repairing {dest.name}; the damaged file "
+                                     "is kept", hint="pass --force to download the new version over it") from None
 
     def _cached_sha256(self, row: DownloadRow | None, dest: Path) -> str:
         """The file's SHA-256, reusing the recorded one while size, mtime and inode are unchanged."""
@@ -527,13 +596,19 @@ class Downloader:
         complete = sum(1 for c in dirty if c.status == CHUNK_COMPLETE)
         for chunk in dirty:
             chunk.reset()
-        if shrunk:
+        if dirty and on_disk == 0:
+            # No .part at all (a finished file deleted after `verify`, or the .part removed): say that, not
+            # "shorter than recorded" / "no longer match".
+            log.info("no .part file from the earlier attempt; fetching the whole file",
+                     extra={"download_id": download_id})
+            complete = len(dirty)
+        elif shrunk:
             log.warning("the .part file is shorter than recorded; fetching the missing bytes again",
                         extra={"download_id": download_id})
-        if complete:
+        if complete and on_disk:
             log.warning("%d completed chunk(s) no longer match their hash; fetching them again", complete,
                         extra={"download_id": download_id})
-        if len(dirty) > complete:
+        if len(dirty) > complete and on_disk:
             log.warning("%d partly fetched chunk(s) no longer match their hash; fetching them again",
                         len(dirty) - complete, extra={"download_id": download_id})
         if dirty:

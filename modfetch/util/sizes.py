@@ -38,3 +38,17 @@ def human_size(n: int | float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``30m``, ``12h``, ``7d``, ``2w`` (or ``90s``) into seconds; a bare number is seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdwSMHDW]?)\s*", text or "")
+    if not match:
+        raise UsageError(f"invalid duration {text!r}", hint="use a number and a unit: 30m, 12h, 7d or 2w")
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower() or "s"]
+    if not math.isfinite(seconds) or seconds > 100 * 365 * 86400:
+        raise UsageError(f"duration too long: {text!r}", hint="at most 100 years")
+    return seconds

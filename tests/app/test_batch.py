@@ -105,7 +105,8 @@ def test_failing_job_does_not_stop_others_and_rerun_fetches_nothing(
     assert "3 of 4 jobs succeeded" in result.stdout
     assert "FAILED" in result.stdout and "missing.bin" in result.stdout
     content = good.content()
-    for file in (mf.dest / "one.bin", tmp_path / "other" / "renamed.bin", mf.dest / "three.bin"):
+    host = mf.dest / f"127.0.0.1_{good.port}"  # jobs without a dest: the library layout (<host>_<port>/)
+    for file in (host / "one.bin", tmp_path / "other" / "renamed.bin", host / "three.bin"):
         assert file.read_bytes() == content
     mark = good.mark()
     rerun = mf.cli("download", "--quiet", "--json", "--batch", str(path))
@@ -129,7 +130,8 @@ def test_batch_place_per_job_and_type_override(mf: Modfetch, tmp_path: Path,
     ])
     result = mf.cli("download", "--quiet", "--batch", str(path), "--place")
     assert result.exit_code == 0, result.output
-    assert os.readlink(comfy / "models/loras/style.safetensors") == str(mf.dest / "style.safetensors")
+    library = mf.dest / f"127.0.0.1_{server.port}"  # no dest: the library layout
+    assert os.readlink(comfy / "models/loras/style.safetensors") == str(library / "style.safetensors")
     assert (comfy / "models/vae/vae.safetensors").is_symlink()
     assert not (comfy / "models/vae/keep.bin").exists()
     again = mf.cli("download", "--quiet", "--json", "--batch", str(path), "--place")

@@ -81,7 +81,7 @@ def test_status_table_and_selectors(mf: Modfetch, faulty_server: Serve) -> None:
     table = mf.cli("status")
     assert table.exit_code == 0
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["ID", "FILE", "SIZE", "PROGRESS", "STATUS", "UPDATED"]
+    assert lines[0].split() == ["ID", "FILE", "SOURCE", "SIZE", "PROGRESS", "STATUS", "UPDATED", "PATH"]
     assert any("a.bin" in line and "1.0 MiB" in line and "100.0%" in line and "complete" in line
                for line in lines)
     assert any("b.bin" in line and "2.0 MiB" in line for line in lines)
@@ -143,8 +143,8 @@ def test_verify_missing_file(mf: Modfetch, faulty_server: Serve) -> None:
     (mf.dest / "file.bin").unlink()
     result = mf.cli("verify", "--all")
     assert result.exit_code == 1
-    assert "missing" in result.stdout
-    assert mf.status()[0]["status"] == "mismatch"
+    assert "missing" in result.stdout and "modfetch rm 1" in result.stdout
+    assert mf.status()[0]["status"] == "complete"  # not a mismatch: `list` shows it missing, `prune` forgets it
 
 
 def test_verify_unknown_file_uses_sha256_beside_it(mf: Modfetch, tmp_path: Path) -> None:

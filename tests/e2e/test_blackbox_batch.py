@@ -82,7 +82,8 @@ def test_quiet_batch_says_nothing_when_every_job_succeeds(mf: Modfetch, faulty_s
                      encoding="utf-8")
     done = _run(mf, "--quiet", "download", "--batch", batch)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
-    assert all((mf.dest / f"{i}.bin").read_bytes() == server.content() for i in range(3))
+    library = mf.dest / f"127.0.0.1_{server.port}"  # jobs without a dest: the library layout
+    assert all((library / f"{i}.bin").read_bytes() == server.content() for i in range(3))
 
 
 def test_quiet_batch_failure_lists_only_the_failed_jobs(mf: Modfetch, faulty_server: Serve,
@@ -234,7 +235,8 @@ def test_sigterm_mid_batch_saves_state_and_the_rerun_finishes(mf: Modfetch, faul
     mark = server.mark()
     rerun = _run(mf, "--quiet", "download", "--batch", batch)
     assert (rerun.returncode, rerun.stdout, rerun.stderr) == (0, "", "")
-    assert all((mf.dest / f"t{i}.bin").read_bytes() == server.content() for i in range(3))
+    library = mf.dest / f"127.0.0.1_{server.port}"  # jobs without a dest: the library layout
+    assert all((library / f"t{i}.bin").read_bytes() == server.content() for i in range(3))
     assert server.body_bytes(since=mark) < 3 * size  # resumed, not restarted
 
 

@@ -66,9 +66,8 @@ def test_awkward_paths_and_slashed_revisions(mf: Modfetch, hub: HubLookalike, ur
     use_hub(mf, hub.url)
     result = mf.download(uri.replace("{hub}", hub.url))
     assert result.exit_code == 0, result.output
-    name = path.rsplit("/", 1)[-1]
     expected = b"on a branch with a slash\n" if path == "x.txt" else WEIRD[path]
-    assert (mf.dest / name).read_bytes() == expected
+    assert (mf.dest / path).read_bytes() == expected  # --dest keeps the path inside the repo
     targets = [r.target for r in hub.hub.requests() if "/resolve/" in r.target]
     assert any(t.endswith("/resolve/main/" + quote(path)) or t.endswith("/resolve/feature%2Fx/x.txt")
                for t in targets)  # percent-encoded as huggingface_hub does; the revision's slash too
@@ -80,12 +79,12 @@ def test_whole_repo_with_awkward_paths_at_a_full_commit(mf: Modfetch, hub: HubLo
     result = mf.download(f"hf://acme/weird?rev={commit}")
     assert result.exit_code == 0, result.output
     for path, data in WEIRD.items():
-        assert (mf.dest / "weird" / path).read_bytes() == data
+        assert (mf.dest / path).read_bytes() == data  # --dest: the repo's tree directly under it
     # as huggingface_hub's allow_patterns: fnmatch on the whole path, so "*" crosses folders
     result = mf.download("hf://acme/weird?include=*.safetensors&rev=feature/x", "--dest", str(mf.dest / "st"))
     assert result.exit_code == 0, result.output
     got = sorted(str(p.relative_to(mf.dest / "st")) for p in (mf.dest / "st").rglob("*.safetensors"))
-    assert got == ["weird/nested/deep/m.safetensors", "weird/top.safetensors"]
+    assert got == ["nested/deep/m.safetensors", "top.safetensors"]
 
 
 @pytest.mark.parametrize(
@@ -118,8 +117,8 @@ def test_whole_gated_repo_with_access(mf: Modfetch, hub: HubLookalike, monkeypat
     monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
     result = mf.download("hf://acme/gated-model")
     assert result.exit_code == 0, result.output
-    assert (mf.dest / "gated-model/README.md").read_bytes() == b"# gated\n"
-    assert (mf.dest / "gated-model/model.safetensors").is_file()
+    assert (mf.dest / "README.md").read_bytes() == b"# gated\n"
+    assert (mf.dest / "model.safetensors").is_file()
 
 
 def test_api_rate_limit_is_waited_out(mf: Modfetch) -> None:
@@ -129,7 +128,7 @@ def test_api_rate_limit_is_waited_out(mf: Modfetch) -> None:
         use_hub(mf, hub.url)
         result = mf.download("hf://acme/weird?include=top.safetensors")
         assert result.exit_code == 0, result.output
-        assert (mf.dest / "weird/top.safetensors").read_bytes() == WEIRD["top.safetensors"]
+        assert (mf.dest / "top.safetensors").read_bytes() == WEIRD["top.safetensors"]
         app.limit = 100
         result = mf.download("hf://acme/weird/empty.txt")
         assert result.exit_code == 1

@@ -134,8 +134,8 @@ def test_hf_tree_duplicate_and_unsafe_paths(
     assert proc.returncode == 0, proc.stderr
     got = sorted(str(p.relative_to(mf.dest)) for p in mf.dest.rglob("*")
                  if p.is_file() and not p.name.endswith(".sha256"))
-    assert got == ["repo/a.bin", "repo/sub/b.txt"]
-    assert (mf.dest / "repo/a.bin").read_bytes() == DATA
+    assert got == ["a.bin", "sub/b.txt"]  # --dest: the repo's tree directly under it
+    assert (mf.dest / "a.bin").read_bytes() == DATA
     assert not any("evil" in path or "abs.txt" in path for _, path, _ in hub.seen)
 
 
@@ -182,12 +182,15 @@ def test_checksum_sidecar_never_replaces_a_downloaded_file(
     assert run(mf, "--url", "hf://owner/repo/model.gguf").returncode == 0
     assert (mf.dest / "model.gguf.sha256").read_bytes() == upstream
     assert (mf.dest / "model.gguf").read_bytes() == DATA
-    # Both at once from a listing (either may finish first), then a rerun: all right, every time.
+    # Both at once from a listing (either may finish first), then a rerun: all right, every time.  (With
+    # --dest the listing lands at the same paths: start from an empty folder so both are fetched again.)
+    (mf.dest / "model.gguf").unlink()
+    (mf.dest / "model.gguf.sha256").unlink()
     for _ in range(2):
         proc = run(mf, "--url", "hf://owner/repo?include=*")
         assert proc.returncode == 0, proc.stderr
-        assert (mf.dest / "repo/model.gguf.sha256").read_bytes() == upstream
-        assert (mf.dest / "repo/model.gguf").read_bytes() == DATA
+        assert (mf.dest / "model.gguf.sha256").read_bytes() == upstream
+        assert (mf.dest / "model.gguf").read_bytes() == DATA
 
 
 # -- CivitAI -----------------------------------------------------------------------------------------------

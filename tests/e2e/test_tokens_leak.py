@@ -81,7 +81,7 @@ def test_debug_run_in_process(
         assert result.exit_code == 0, result.output
         outputs += [result.stdout, result.stderr]
     assert "DEBUG" in "".join(outputs)
-    assert (mf.dest / "model.safetensors").exists() and (mf.dest / "private-model/model.gguf").exists()
+    assert (mf.dest / "model.safetensors").exists() and (mf.dest / "model.gguf").exists()
     assert (mf.dest / "detail_tweaker.safetensors").exists()
     # An error path at debug level (a refused token and a missing file) leaks nothing either.
     result = mf.cli("--log-level", "debug", "download", "--url", "hf://acme/gated-model/missing.bin")

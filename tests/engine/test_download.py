@@ -161,7 +161,8 @@ def test_download_root_from_config_is_the_default_dest(mf: Modfetch, faulty_serv
     server = faulty_server(size=MiB)
     result = mf.cli("download", "--quiet", server.url)  # bare positional URL, no --dest
     assert result.exit_code == 0, result.output
-    assert (mf.dest / "file.bin").read_bytes() == server.content()
+    # The library layout: plain URLs under <download_root>/<host>_<port>/ (docs/SOURCES.md).
+    assert (mf.dest / f"127.0.0.1_{server.port}/file.bin").read_bytes() == server.content()
 
 
 def test_metrics_counters_are_recorded(mf: Modfetch, faulty_server: Serve) -> None:

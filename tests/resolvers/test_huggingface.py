@@ -132,7 +132,7 @@ def test_uri_forms(
 ) -> None:
     config = use(mf, hub)
     (got,) = fetch(config, uri.format(hub=hub.url), mf.dest)
-    assert got == mf.dest / path.rsplit("/", 1)[-1]
+    assert got == mf.dest / path  # --dest keeps the path inside the repo
     assert got.read_bytes() == repo_file(hub, repo, path, rev, repo_type).data
     (row,) = mf.rows()
     assert json.loads(row["meta"])["repo_type"] == repo_type
@@ -152,10 +152,10 @@ def test_whole_repo_include_exclude_paginated(mf: Modfetch) -> None:
         config = use(mf, hub)
         paths = fetch(config, "hf://acme/tiny-model?include=weights/*&exclude=*.bin", mf.dest)
         assert sorted(p.relative_to(mf.dest).as_posix() for p in paths) == [
-            "tiny-model/weights/extra/notes.txt",
-            "tiny-model/weights/model.safetensors",
+            "weights/extra/notes.txt",
+            "weights/model.safetensors",
         ]
-        assert (mf.dest / "tiny-model/weights/model.safetensors").read_bytes() == repo_file(
+        assert (mf.dest / "weights/model.safetensors").read_bytes() == repo_file(
             hub, "acme/tiny-model", "weights/model.safetensors"
         ).data
         listings = [r.target for r in hub.hub.requests() if "/tree/" in r.target]
@@ -164,32 +164,32 @@ def test_whole_repo_include_exclude_paginated(mf: Modfetch) -> None:
             config, "hf://acme/tiny-model?include=*.json,*.md&include=weights/model.bin", mf.dest / "b"
         )
         assert sorted(p.relative_to(mf.dest / "b").as_posix() for p in more) == [
-            "tiny-model/README.md",
-            "tiny-model/config.json",
-            "tiny-model/weights/model.bin",
+            "README.md",
+            "config.json",
+            "weights/model.bin",
         ]
         rows = {
             Path(r["dest_path"]).relative_to(mf.dest).as_posix(): json.loads(r["meta"]) for r in mf.rows()
         }
-        assert rows["tiny-model/weights/model.safetensors"]["path_in_repo"] == "weights/model.safetensors"
-        assert rows["b/tiny-model/weights/model.bin"]["lfs"] is True
-        assert len(rows["b/tiny-model/config.json"]["etag"]) == 40
+        assert rows["weights/model.safetensors"]["path_in_repo"] == "weights/model.safetensors"
+        assert rows["b/weights/model.bin"]["lfs"] is True
+        assert len(rows["b/config.json"]["etag"]) == 40
 
 
 def test_whole_repo_through_the_command(mf: Modfetch, hub: HubLookalike) -> None:
     use(mf, hub)
     result = mf.download("hf://datasets/acme/tiny-dataset")
     assert result.exit_code == 0, result.output
-    assert (mf.dest / "tiny-dataset/data/train.parquet").read_bytes() == repo_file(
+    assert (mf.dest / "data/train.parquet").read_bytes() == repo_file(
         hub, "acme/tiny-dataset", "data/train.parquet", repo_type="dataset"
     ).data
-    assert (mf.dest / "tiny-dataset/README.md").exists()
+    assert (mf.dest / "README.md").exists()
 
 
 def test_folder_path_downloads_its_files(mf: Modfetch, hub: HubLookalike) -> None:
     config = use(mf, hub)
     (got,) = fetch(config, "hf://acme/tiny-model/weights/extra", mf.dest)
-    assert got == mf.dest / "tiny-model/weights/extra/notes.txt"
+    assert got == mf.dest / "weights/extra/notes.txt"
 
 
 def test_no_file_matches(mf: Modfetch, hub: HubLookalike) -> None:

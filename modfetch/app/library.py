@@ -1,0 +1,350 @@
+"""The model library: list what modfetch holds on disk, remove files with their placements, prune leftovers.
+
+Only what modfetch itself recorded is ever deleted, and each thing is checked first: a symlink must still point
+at the file, a hardlink must still share its inode, a copy must still hash to the file's SHA-256, a Modelfile
+must still be the one modfetch wrote.  Anything the user replaced is kept (and reported).  Each file is handled
+under its target lock (``engine.files.TargetLock``), so nothing is removed under a running download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..engine.files import TargetLock
+from ..engine.hashing import sha256_file
+from ..errors import LockedError, UsageError
+from ..paths import expand_path
+from ..state import (
+    FINISHED_STATUSES,
+    MISMATCH,
+    RUNNING,
+    VERIFIED,
+    DownloadRow,
+    PlacementRow,
+    StateDB,
+    pid_alive,
+)
+
+LISTED_STATUSES = (*FINISHED_STATUSES, MISMATCH)
+DEFAULT_PRUNE_AGE = 7 * 86400.0  # `.part` files of interrupted/failed downloads older than this are deleted
+
+
+@dataclass
+class LibraryEntry:
+    """One file modfetch holds, as ``modfetch list`` shows it (one ``stat`` each, no hashing)."""
+
+    row: DownloadRow
+    status: str  # complete | verified | mismatch | missing
+    placements: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        verified = self.row.meta.get("verified_at")
+        return {"id": self.row.id, "path": self.row.dest_path, "size": self.row.size, "source": self.row.source,
+                "type": self.row.artifact_type, "status": self.status, "url": self.row.url,
+                "sha256": self.row.sha256,
+                "last_verified": verified if isinstance(verified, (int, float)) else None,
+                "placements": self.placements}
+
+
+def list_library(db: StateDB, source: str | None = None, artifact_type: str | None = None) -> list[LibraryEntry]:
+    """Every finished (or mismatching) download with its on-disk state, newest first."""
+    entries = []
+    for row in db.list_downloads(statuses=LISTED_STATUSES, source=source):
+        if artifact_type and (row.artifact_type or "") != artifact_type:
+            continue
+        placements = [{"app": p.app, "mode": p.mode, "target": p.target_path,
+                       "present": os.path.lexists(p.target_path)} for p in _placements_of(db, row)]
+        entries.append(LibraryEntry(row, disk_status(row), placements))
+    return entries
+
+
+def disk_status(row: DownloadRow) -> str:
+    """``missing`` when the file is gone, ``mismatch`` when recorded so or its size changed, else the row's."""
+    try:
+        st = os.stat(row.dest_path)
+    except OSError:
+        return "missing"
+    if not stat.S_ISREG(st.st_mode):
+        return MISMATCH
+    if row.status == MISMATCH or (row.size is not None and st.st_size != row.size):
+        return MISMATCH
+    return row.status
+
+
+def _placements_of(db: StateDB, row: DownloadRow) -> list[PlacementRow]:
+    """Placements recorded for the download, by id or (``place PATH`` of a known file) by its path."""
+    found = {p.id: p for p in db.placements(download_id=row.id)}
+    found.update({p.id: p for p in db.placements(source_path=row.dest_path)})
+    return sorted(found.values(), key=lambda p: p.id)
+
+
+# -- removing ---------------------------------------------------------------------------------------------
+@dataclass
+class RemovalReport:
+    """What ``rm`` / ``prune`` did (or, with ``dry_run``, would do)."""
+
+    dry_run: bool = False
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # "<path>: why"
+    failed: list[str] = field(default_factory=list)  # "<path>: why"
+    forgotten: list[int] = field(default_factory=list)
+    bytes_freed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"dry_run": self.dry_run, "removed": self.removed, "kept": self.kept, "failed": self.failed,
+                "forgotten": self.forgotten, "bytes_freed": self.bytes_freed}
+
+    def delete(self, path: Path) -> bool:
+        """Unlink ``path`` (a file or link), counting the bytes a last link frees; False (recorded) on failure."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            self.failed.append(f"{path}: {exc.strerror or exc}")
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            self.failed.append(f"{path}: is a directory")
+            return False
+        if not self.dry_run:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return True
+            except OSError as exc:
+                self.failed.append(f"{path}: {exc.strerror or exc}")
+                return False
+        self.removed.append(str(path))
+        if stat.S_ISREG(st.st_mode) and st.st_nlink <= 1:  # another link keeps the data alive
+            # A preallocated .part may be sparse: count the blocks it holds, at most its size.
+            self.bytes_freed += min(st.st_size, st.st_blocks * 512) if st.st_blocks else st.st_size
+        return True
+
+
+def find_rows(db: StateDB, targets: Iterable[str]) -> list[DownloadRow]:
+    """The downloads named by IDs or paths; UsageError (exit 2, like ``status``) naming the first unknown one."""
+    rows: dict[int, DownloadRow] = {}
+    for target in targets:
+        row: DownloadRow | None = None
+        if target.isascii() and target.isdigit():
+            row = db.get_download(int(target)) if int(target) < 2**63 else None
+            if row is None:
+                raise UsageError(f"no download with id {target}", hint="run 'modfetch list' to see them")
+        elif "\x00" not in target:
+            path = expand_path(target)
+            for candidate in dict.fromkeys([str(path), os.path.realpath(path)]):
+                row = row or db.find_by_dest(candidate)
+        if row is None:
+            raise UsageError(f"no download matches {target!r}", hint="use an ID or a path from 'modfetch list'")
+        rows[row.id] = row
+    return list(rows.values())
+
+
+def remove_downloads(config: Config, db: StateDB, rows: list[DownloadRow], *, keep_file: bool = False,
+                     dry_run: bool = False) -> RemovalReport:
+    """Remove each download's file, sidecar, ``.part`` and verified placements, then forget its rows.
+
+    With ``keep_file`` nothing on disk is touched: the rows alone are forgotten."""
+    report = RemovalReport(dry_run=dry_run)
+    for row in rows:
+        dest = Path(row.dest_path)
+        try:
+            with TargetLock(config.data_root / "locks", dest):
+                current = db.get_download(row.id)
+                if current is None:
+                    continue  # another rm got there first
+                failures = len(report.failed)
+                if not keep_file:
+                    _remove_files(db, current, report)
+                if len(report.failed) == failures:  # keep the rows of what could not be removed: rm again
+                    _forget(db, current, report)
+        except LockedError as exc:
+            report.failed.append(f"{dest}: {exc.message}")
+    return report
+
+
+def _remove_files(db: StateDB, row: DownloadRow, report: RemovalReport) -> None:
+    dest = Path(row.dest_path)
+    for placement in _placements_of(db, row):
+        target = Path(placement.target_path)
+        verdict = placement_verdict(placement, row)
+        if verdict == "ours":
+            blob = os.path.realpath(target) if os.path.islink(target) else None
+            if report.delete(target) and blob is not None and blob != os.path.realpath(dest) and not report.dry_run:
+                leftover = _cache_blob_after(Path(blob), row)
+                if leftover is not None:
+                    report.delete(leftover)
+        elif verdict != "absent":
+            report.kept.append(f"{target}: {verdict}")
+    sidecar = dest.with_name(dest.name + ".sha256")
+    if row.sha256 and _sidecar_names(sidecar, row.sha256, dest.name):
+        report.delete(sidecar)
+    if os.path.lexists(row.part_path) and stat.S_ISREG(os.lstat(row.part_path).st_mode):
+        report.delete(row.part_path)
+    if os.path.lexists(dest):
+        report.delete(dest)
+
+
+def _sidecar_names(sidecar: Path, sha256: str, name: str) -> bool:
+    """True when ``sidecar`` is exactly the checksum file modfetch wrote for ``name``."""
+    try:
+        st = os.lstat(sidecar)
+        return stat.S_ISREG(st.st_mode) and st.st_size < 1024 and \
+            sidecar.read_text(encoding="utf-8", errors="replace") == f"{sha256}  {name}\n"
+    except OSError:
+        return False
+
+
+def placement_verdict(placement: PlacementRow, row: DownloadRow) -> str:
+    """``ours`` when ``placement``'s target is still what modfetch put there for ``row``, ``absent`` when it is
+    gone, otherwise why it is not ours any more (it is then left alone)."""
+    target = placement.target_path
+    try:
+        lst = os.lstat(target)
+    except FileNotFoundError:
+        return "absent"
+    except OSError as exc:
+        return f"cannot inspect: {exc.strerror or exc}"
+    sources = {row.dest_path, placement.source_path, os.path.realpath(row.dest_path)}
+    if stat.S_ISLNK(lst.st_mode):
+        text = os.readlink(target)
+        pointed = os.path.normpath(os.path.join(os.path.dirname(target), text))
+        if pointed in sources or os.path.realpath(target) in sources:
+            return "ours"
+        # An HF-cache snapshot links to its blob, which holds the file's bytes (a hardlink or verified copy).
+        real = os.path.realpath(target)
+        return "ours" if os.path.isfile(real) and holds_bytes_of(real, row) else "a link that points elsewhere now"
+    if not stat.S_ISREG(lst.st_mode):
+        return "not a file or link any more"
+    if placement.mode == "modelfile":
+        wanted = {f"FROM {s}\n" for s in sources}
+        try:
+            ours = lst.st_size < 4096 and Path(target).read_text(encoding="utf-8", errors="replace") in wanted
+        except OSError:
+            ours = False
+        return "ours" if ours else "changed since modfetch wrote it"
+    try:
+        return "ours" if holds_bytes_of(target, row) else "changed since modfetch placed it"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+
+
+def holds_bytes_of(path: str, row: DownloadRow) -> bool:
+    """True when the regular file ``path`` is the download's file (same inode) or a copy of its bytes."""
+    st = os.stat(path)
+    with contextlib.suppress(OSError):
+        if os.path.samestat(st, os.stat(row.dest_path)):
+            return True
+    return bool(row.sha256) and (row.size is None or st.st_size == row.size) and sha256_file(path) == row.sha256
+
+
+def _cache_blob_after(blob: Path, row: DownloadRow) -> Path | None:
+    """``blob`` when it is an HF-cache blob (``<repo>/blobs/<etag>``) that a removed snapshot link pointed to,
+    holds the download's bytes and no other snapshot of that repo links to any more (a blob shared by another
+    revision is kept)."""
+    snapshots = blob.parent.parent / "snapshots"
+    if blob.parent.name != "blobs" or not snapshots.is_dir() or not blob.is_file():
+        return None
+    for folder, _dirs, files in os.walk(snapshots):
+        for name in files:
+            other = os.path.join(folder, name)
+            if os.path.islink(other) and os.path.realpath(other) == str(blob):
+                return None
+    try:
+        return blob if holds_bytes_of(str(blob), row) else None
+    except OSError:
+        return None
+
+
+# -- pruning ----------------------------------------------------------------------------------------------
+def prune(config: Config, db: StateDB, older_than: float = DEFAULT_PRUNE_AGE, dry_run: bool = False,
+          now: float | None = None) -> RemovalReport:
+    """Forget downloads whose files are gone, remove modfetch's placements that now dangle, and delete the
+    ``.part`` of interrupted/failed downloads not touched for ``older_than`` seconds (forgetting them)."""
+    report = RemovalReport(dry_run=dry_run)
+    cutoff = (time.time() if now is None else now) - older_than
+    for row in db.list_downloads():
+        if row.status == RUNNING and pid_alive(row.pid):
+            continue
+        dest = Path(row.dest_path)
+        try:
+            with TargetLock(config.data_root / "locks", dest):
+                _prune_row(db, row, report, cutoff)
+        except LockedError:
+            continue  # a download is running: leave it be
+    for placement in db.placements():
+        if placement.download_id is not None:
+            continue  # handled with its download above
+        _prune_placement(db, placement, report)
+    return report
+
+
+def _prune_row(db: StateDB, row: DownloadRow, report: RemovalReport, cutoff: float) -> None:
+    dest = Path(row.dest_path)
+    part = row.part_path
+    finished = row.status in (*FINISHED_STATUSES, MISMATCH)
+    if finished and not os.path.lexists(dest):
+        for placement in _placements_of(db, row):
+            _prune_placement(db, placement, report, row)
+        _forget(db, row, report)
+        return
+    if finished:
+        for placement in _placements_of(db, row):
+            _prune_placement(db, placement, report, row)
+        return
+    try:
+        part_st = os.lstat(part)
+    except FileNotFoundError:
+        if not os.path.lexists(dest):
+            _forget(db, row, report)  # nothing of it on disk: nothing to resume
+        return
+    stale = stat.S_ISREG(part_st.st_mode) and part_st.st_mtime < cutoff and row.updated_at < cutoff
+    if stale and report.delete(part):
+        _forget(db, row, report)
+
+
+def _prune_placement(db: StateDB, placement: PlacementRow, report: RemovalReport,
+                     row: DownloadRow | None = None) -> None:
+    """Remove a placement whose file is gone: a symlink that now dangles (or a Modelfile naming a missing
+    file) that modfetch made; forget a record whose target is gone.  Copies and hardlinks hold data: kept."""
+    target = Path(placement.target_path)
+    try:
+        lst = os.lstat(target)
+    except FileNotFoundError:
+        if not report.dry_run:
+            db.delete_placement(placement.id)
+        return
+    except OSError:
+        return
+    if os.path.exists(placement.source_path):
+        return
+    sources = {placement.source_path} | ({row.dest_path} if row is not None else set())
+    ours = False
+    if stat.S_ISLNK(lst.st_mode):
+        pointed = os.path.normpath(os.path.join(os.path.dirname(target), os.readlink(target)))
+        ours = pointed in sources and not os.path.exists(target)
+    elif stat.S_ISREG(lst.st_mode) and placement.mode == "modelfile" and lst.st_size < 4096:
+        with contextlib.suppress(OSError):
+            ours = target.read_text(encoding="utf-8", errors="replace") in {f"FROM {s}\n" for s in sources}
+    if ours and report.delete(target) and not report.dry_run:
+        db.delete_placement(placement.id)
+
+
+def _forget(db: StateDB, row: DownloadRow, report: RemovalReport) -> None:
+    if not report.dry_run:
+        db.forget_download(row.id)
+    report.forgotten.append(row.id)
+
+
+__all__ = ["DEFAULT_PRUNE_AGE", "VERIFIED", "LibraryEntry", "RemovalReport", "disk_status", "find_rows",
+           "list_library", "placement_verdict", "prune", "remove_downloads"]
