@@ -143,7 +143,7 @@ def test_stored_token_opens_a_gated_repo_and_is_never_shown_or_stored(
     before_hub, before_cdn = len(hub.hub.requests()), len(hub.cdn.requests())
     ok = mf.run("--log-level", "debug", "download", "--url", "hf://acme/gated-model", "--dest", str(mf.dest))
     assert ok.returncode == 0, ok.stderr
-    assert (mf.dest / "gated-model" / "model.safetensors").stat().st_size == 120_000
+    assert (mf.dest / "model.safetensors").stat().st_size == 120_000
     hub_seen = hub.hub.requests()[before_hub:]
     assert hub_seen and all(r.headers.get("authorization") == f"Bearer {FILE_TOKEN}" for r in hub_seen)
     cdn_seen = hub.cdn.requests()[before_cdn:]
@@ -243,7 +243,7 @@ def test_whole_repo_placement_is_read_offline_and_matches_the_clients_own_cache(
     (snap, single) = _offline(cache, [("snapshot", None), ("file", "weights/model.safetensors")])
     assert snap[0] == "ok" and Path(snap[1]) == repo / "snapshots" / commit
     assert single == ["ok", str(repo / "snapshots" / commit / "weights" / "model.safetensors")]
-    assert Path(single[1]).read_bytes() == (mf.dest / "tiny-model" / "weights" / "model.safetensors").read_bytes()
+    assert Path(single[1]).read_bytes() == (mf.dest / "weights" / "model.safetensors").read_bytes()
 
 
 def test_partial_snapshot_is_partial_offline_as_in_the_clients_own_cache(

@@ -122,7 +122,7 @@ def test_split_gguf_quant_pick_downloads_every_shard(mf: Modfetch, hub: HubLooka
     mf.write_config(general={"download_root": str(mf.dest)}, sources={"huggingface": {"endpoint": hub.url}})
     result = mf.download(f"hf://{REPO}:q5_k_m")
     assert result.exit_code == 0, result.output
-    folder = mf.dest / "llama-3-8b-GGUF" / "Q5_K_M"
+    folder = mf.dest / "Q5_K_M"
     got = sorted(p.name for p in folder.glob("*.gguf"))
     assert got == [f"llama-3-8b-Q5_K_M-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
     for name in got:
