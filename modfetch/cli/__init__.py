@@ -159,6 +159,22 @@ def _flush_stdout(report: bool = True) -> None:
             sys.exit(1)
 
 
+def report_error(error: ModfetchError) -> None:
+    """Print one error the way the final one is printed (a failed URI among several that keep going)."""
+    _report(click.get_current_context(silent=True), error)
+
+
+def write_metrics(state: CliState) -> None:
+    """Rewrite the metrics textfile after a command (download, verify), whatever its outcome; never raises."""
+    try:
+        config = state.config
+    except ModfetchError:
+        return  # no usable config: nothing says where the textfile is
+    from ..metrics import write_after_run
+
+    write_after_run(config)
+
+
 def _report(ctx: click.Context | None, error: ModfetchError) -> None:
     state = ctx.find_object(CliState) if ctx is not None else None
     debug = state is not None and state.log_level == "debug"
@@ -222,4 +238,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1:])
 
-__all__ = ["cli", "main", "pass_state"]
+__all__ = ["cli", "main", "pass_state", "report_error", "write_metrics"]

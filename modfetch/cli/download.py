@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from ..app.download import DownloadOptions, download_uri, validate_sha256
 from ..artifacts import TYPES
-from ..errors import UsageError
+from ..errors import ModfetchError, UsageError
 from ..metrics import checkpoint_writer
 from ..paths import expand_path
 from ..util.filenames import check_plain_filename
+from ..util.inputfile import read_uri_list
 from ..util.sizes import parse_size
+from . import report_error, write_metrics
 from .context import CliState, global_options, pass_state
 from .progress import progress_factory
+
+log = logging.getLogger("modfetch.cli")
 
 
 @click.command("download")
@@ -31,18 +37,42 @@ from .progress import progress_factory
               help="Artifact type for placement (skips detection).")
 @click.option("--batch", "batch_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True),
               help="Run the jobs of a batch YAML file ('-': standard input; see docs/PLACEMENT.md).")
+@click.option("--input-file", "-i", "input_file", metavar="FILE",
+              help="Read URIs from FILE, one per line ('#' comments, blank lines; '-': standard input).")
 @global_options
 @pass_state
 def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
             out: str | None, sha256: str | None, force: bool, concurrency: int | None, chunk_size: str | None,
-            pick: bool, place: bool, artifact_type: str | None, batch_file: str | None) -> None:
+            pick: bool, place: bool, artifact_type: str | None, batch_file: str | None,
+            input_file: str | None) -> None:
     """Download files, verify their SHA-256 and print each final path and hash.
 
     Reruns resume from where the last run stopped; a file already present and verified is not fetched
     again.  URIs: http(s)://..., hf://owner/repo/path[?rev=REV], civitai://model/ID[?version=V].
+    Several URIs: each is tried even when an earlier one fails; exit 1 if any failed.
     """
+    try:
+        _download(state, urls, url_options, dest, out, sha256, force, concurrency, chunk_size, pick, place,
+                  artifact_type, batch_file, input_file)
+    finally:
+        write_metrics(state)  # every run, also one that failed before any download started
+
+
+def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
+              out: str | None, sha256: str | None, force: bool, concurrency: int | None, chunk_size: str | None,
+              pick: bool, place: bool, artifact_type: str | None, batch_file: str | None,
+              input_file: str | None) -> None:
     # Placement, batch and picker code is imported only when asked for: a plain download starts faster.
     targets = [*url_options, *urls]
+    if input_file is not None:
+        if batch_file:
+            raise UsageError("--input-file cannot be combined with --batch",
+                             hint="a batch file lists its own jobs (see docs/PLACEMENT.md)")
+        listed = read_uri_list(input_file)
+        if not listed and not targets:
+            raise UsageError(f"--input-file {input_file} lists no URIs",
+                             hint="one URI per line; lines starting with # are comments")
+        targets.extend(listed)
     if batch_file:
         from .place import run_batch_cli
 
@@ -81,15 +111,24 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
         from .place import Placer, render_report, report_json
 
         placer = Placer(state, artifact_type)
+    failed = 0
     for target in targets:
-        if pick:
-            from .picker import with_picker
+        try:
+            if pick:
+                from .picker import with_picker
 
-            results = with_picker(
-                lambda uri: download_uri(config, uri, options, factory, on_checkpoint=metrics_hook),
-                target, pick=True)
-        else:
-            results = download_uri(config, target, options, factory, on_checkpoint=metrics_hook)
+                results = with_picker(
+                    lambda uri: download_uri(config, uri, options, factory, on_checkpoint=metrics_hook),
+                    target, pick=True)
+            else:
+                results = download_uri(config, target, options, factory, on_checkpoint=metrics_hook)
+        except ModfetchError as error:
+            if len(targets) == 1 or isinstance(error, UsageError):
+                raise  # bad input (exit 2) stops the run: the command line needs fixing first
+            # Like --batch: one failed URI is reported and the others still run.
+            failed += 1
+            report_error(error)
+            continue
         for result in results:
             report = placer.place(result) if placer else None
             if state.json_output:
@@ -106,3 +145,8 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
                     click.echo(line)
     if placer:
         placer.finish()
+    if len(targets) > 1:
+        summary = f"{len(targets) - failed} of {len(targets)} downloads succeeded"
+        if failed:
+            raise ModfetchError(summary, hint="rerun the same command: finished files are not fetched again")
+        log.info("%s", summary)

@@ -57,6 +57,13 @@ def render_placements(db: StateDB, rows: list[DownloadRow]) -> str:
     return "\nplacements:\n" + "\n".join(lines) if lines else ""
 
 
+def render_failures(rows: list[DownloadRow]) -> str:
+    """Lines under the table naming each failed download's error class and (redacted) error."""
+    lines = [printable(f"{row.id:>4}  {row.error_class or 'other':<11}  {redact(row.error or '')}")
+             for row in rows if row.status == FAILED]
+    return "\nfailures:\n" + "\n".join(lines) if lines else ""
+
+
 STATUSES = [PENDING, RUNNING, COMPLETE, VERIFIED, MISMATCH, FAILED, INTERRUPTED]
 
 
@@ -80,7 +87,7 @@ def _render(state: CliState, db: StateDB, selector: str | None, statuses: list[s
         return json.dumps(out) if compact else json.dumps(out, indent=2)
     if not rows:
         return "no downloads match" if (statuses or source or selector) else "no downloads yet"
-    return render_table(rows) + render_placements(db, rows)
+    return render_table(rows) + render_placements(db, rows) + render_failures(rows)
 
 
 def _watch(state: CliState, selector: str | None, statuses: list[str], source: str | None,

@@ -9,6 +9,7 @@ import click
 from ..app.status import open_db, select_downloads, verify_paths, verify_rows
 from ..errors import IntegrityError, UsageError
 from ..state import FINISHED_STATUSES, MISMATCH
+from . import write_metrics
 from .context import CliState, global_options, pass_state
 
 
@@ -19,6 +20,13 @@ from .context import CliState, global_options, pass_state
 @pass_state
 def command(state: CliState, targets: tuple[str, ...], verify_all: bool, **_: Any) -> None:
     """Re-hash finished files (--all, IDs or PATHs); exits 1 if any file does not match."""
+    try:
+        _verify(state, targets, verify_all)
+    finally:
+        write_metrics(state)  # modfetch_verify_mismatches follows every verify run
+
+
+def _verify(state: CliState, targets: tuple[str, ...], verify_all: bool) -> None:
     if not verify_all and not targets:
         raise UsageError("say what to verify", hint="modfetch verify --all, or an ID or PATH")
     with open_db(state.config) as db:

@@ -35,6 +35,7 @@ from ..errors import (
     RemoteChangedError,
     TargetExistsError,
 )
+from ..failures import record_failure, record_interrupt, settle_success
 from ..progress import NullProgress, ProgressListener
 from ..resolvers.base import make_session
 from ..state import (
@@ -168,17 +169,40 @@ class Downloader:
         started = time.monotonic()
         db = open_state(self.config.state_db)
         session = make_session(self.config, self.workers)
+        dest: Path | None = None
         try:
             present = self._present_without_probe(db, req)
-            if present is not None:
-                return present
-            info = self._probe(session, req)
-            dest = self._destination(req, info)
-            with TargetLock(self.config.data_root / "locks", dest):
-                return self._run_locked(db, session, req, info, dest, started)
+            if present is None:
+                info = self._probe(session, req)
+                dest = self._destination(req, info)
+                with TargetLock(self.config.data_root / "locks", dest):
+                    present = self._run_locked(db, session, req, info, dest, started)
+            settle_success(db, present.download_id, redact_url(req.display_url or req.url))
+            return present
+        except KeyboardInterrupt:
+            record_interrupt(db, req.source)
+            self._checkpoint_hook()
+            raise
+        except Exception as exc:
+            record_failure(db, redact_url(req.display_url or req.url), str(dest or self._guess_dest(req) or "")
+                           or None, req.source, exc)
+            self._checkpoint_hook()
+            raise
         finally:
             session.close()
             db.close()
+
+    def _guess_dest(self, req: DownloadRequest) -> Path | None:
+        """The target a request would have before the server named it (the failure row's key), if any."""
+        name = req.filename or filename_from_url(req.url)
+        try:
+            return safe_join(req.dest_dir, req.subdir, sanitize_filename(name)) if name else None
+        except ModfetchError:
+            return None
+
+    def _checkpoint_hook(self) -> None:
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
 
     # -- steps -----------------------------------------------------------------------------------------
     def _retrying(self, cancel: threading.Event | None = None,
@@ -429,7 +453,7 @@ class Downloader:
         finally:
             if fd >= 0:
                 os.close(fd)
-            counters.flush(db, req.source, ok)
+            counters.flush(db, req.source, True if ok else None)  # failures: counted with a reason in run()
             self.progress.finish(bool(ok))
             if self.on_checkpoint is not None:
                 self.on_checkpoint()
