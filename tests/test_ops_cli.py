@@ -3,6 +3,7 @@ URI lists, ``--dry-run`` and ``--json`` on every stderr line."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MiB, Modfetch, assert_clean_error, error_lines
+from tests.lookalike import pseudo_random_bytes
+from tests.lookalike.civitai import CivitaiLookalike
+from tests.lookalike.hub import HubLookalike
 from tests.servers.faulty import FaultyServer
 
 
@@ -85,3 +89,73 @@ def test_input_file_and_batch_do_not_mix(mf: Modfetch, tmp_path: Path) -> None:
     done = mf.run("download", "-i", str(tmp_path / "list.txt"), "--batch", str(tmp_path / "jobs.yml"))
     assert done.returncode == 2
     assert_clean_error(done.stderr, "--input-file cannot be combined with --batch")
+
+
+# -- item 6: --dry-run -------------------------------------------------------------------------------------
+
+
+def test_dry_run_http_probes_only_and_writes_nothing(mf: Modfetch, faulty_server: type[FaultyServer]) -> None:
+    server = faulty_server(size=3 * MiB, path="/model.safetensors")
+    done = mf.run("download", "--dry-run", "--json", "--dest", str(mf.dest), server.url)
+    assert done.returncode == 0, done.stderr
+    (item,) = json.loads(done.stdout)
+    assert item["path"] == str(mf.dest / "model.safetensors")
+    assert (item["name"], item["size"], item["state"], item["source"]) == ("model.safetensors", 3 * MiB,
+                                                                            "absent", "http")
+    assert item["url"] == server.url and item["sha256"] is None
+    # The server sent no body bytes beyond a bytes=0-0 probe; nothing was written anywhere.
+    data = [r for r in server.requests if r.method == "GET"]
+    assert all(r.is_probe for r in data), [(r.range_start, r.range_end) for r in data]
+    assert sum(r.bytes_sent for r in data) <= 1
+    assert not mf.dest.exists()
+    assert not mf.state_db.exists()
+    human = mf.run("download", "--dry-run", "--dest", str(mf.dest), server.url)
+    assert human.returncode == 0
+    assert f"path    {mf.dest / 'model.safetensors'}  [absent]" in human.stdout
+    assert "3.0 MiB, 3145728 bytes" in human.stdout
+
+
+def test_dry_run_says_present_after_a_real_download_and_keeps_the_state_untouched(
+        mf: Modfetch, faulty_server: type[FaultyServer]) -> None:
+    server = faulty_server(size=MiB)
+    assert mf.run("download", "--quiet", "--dest", str(mf.dest), server.url).returncode == 0
+    before = mf.rows()
+    done = mf.run("download", "--dry-run", "--json", "--dest", str(mf.dest), server.url)
+    assert json.loads(done.stdout)[0]["state"] == "present"
+    assert mf.rows() == before
+    (mf.dest / "file.bin").write_bytes(b"other bytes")
+    done = mf.run("download", "--dry-run", "--json", "--dest", str(mf.dest), server.url)
+    assert json.loads(done.stdout)[0]["state"] == "conflict"
+
+
+def test_dry_run_hf_whole_repo_lists_every_file_without_touching_the_cdn(mf: Modfetch, tmp_path: Path) -> None:
+    with HubLookalike() as hub:
+        mf.write_config(sources={"huggingface": {"endpoint": hub.url}})
+        done = mf.run("download", "--dry-run", "--json", "--dest", str(mf.dest), "hf://acme/tiny-model")
+        assert done.returncode == 0, done.stderr
+        items = {Path(i["path"]).relative_to(mf.dest).as_posix(): i for i in json.loads(done.stdout)}
+        assert hub.cdn.requests() == []
+    assert len(items) == 5
+    weights = [v for k, v in items.items() if k.endswith("weights/model.safetensors")]
+    assert len(weights) == 1 and weights[0]["size"] == 1_200_000
+    assert weights[0]["sha256"] == hashlib.sha256(pseudo_random_bytes("tiny-st", 1_200_000)).hexdigest()
+    assert all(i["state"] == "absent" and i["source"] == "huggingface" for i in items.values())
+    assert not mf.dest.exists() and not mf.state_db.exists()
+
+
+def test_dry_run_civitai_with_place_names_the_placements(mf: Modfetch, tmp_path: Path) -> None:
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    with CivitaiLookalike() as civ:
+        mf.write_config(sources={"civitai": {"endpoint": civ.url}},
+                        placement={"apps": {"comfyui": {"preset": "comfyui", "base": str(comfy)}}})
+        done = mf.run("download", "--dry-run", "--place", "--json", "--dest", str(mf.dest),
+                      "civitai://model/4201?version=130072")
+    assert done.returncode == 0, done.stderr
+    (item,) = json.loads(done.stdout)
+    assert item["name"] == "realisticVision_v60B1.safetensors" and item["size"] == 400_000
+    assert item["sha256"] and len(item["sha256"]) == 64
+    assert item["path"].startswith(str(mf.dest))
+    assert item["placements"] and item["placements"][0]["app"] == "comfyui"
+    assert item["placements"][0]["target"].startswith(str(comfy / "models" / "checkpoints"))
+    assert not mf.dest.exists() and not mf.state_db.exists() and list(comfy.iterdir()) == []

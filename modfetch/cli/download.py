@@ -39,12 +39,15 @@ log = logging.getLogger("modfetch.cli")
               help="Run the jobs of a batch YAML file ('-': standard input; see docs/PLACEMENT.md).")
 @click.option("--input-file", "-i", "input_file", metavar="FILE",
               help="Read URIs from FILE, one per line ('#' comments, blank lines; '-': standard input).")
+@click.option("--dry-run", is_flag=True,
+              help="Resolve and show each file (URL, name, size, path, SHA-256, placements, present?); "
+                   "fetch no file bytes, write nothing.")
 @global_options
 @pass_state
 def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
             out: str | None, sha256: str | None, force: bool, concurrency: int | None, chunk_size: str | None,
             pick: bool, place: bool, artifact_type: str | None, batch_file: str | None,
-            input_file: str | None) -> None:
+            input_file: str | None, dry_run: bool) -> None:
     """Download files, verify their SHA-256 and print each final path and hash.
 
     Reruns resume from where the last run stopped; a file already present and verified is not fetched
@@ -53,15 +56,16 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
     """
     try:
         _download(state, urls, url_options, dest, out, sha256, force, concurrency, chunk_size, pick, place,
-                  artifact_type, batch_file, input_file)
+                  artifact_type, batch_file, input_file, dry_run)
     finally:
-        write_metrics(state)  # every run, also one that failed before any download started
+        if not dry_run:  # a dry run writes nothing, not even the textfile
+            write_metrics(state)  # every run, also one that failed before any download started
 
 
 def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
               out: str | None, sha256: str | None, force: bool, concurrency: int | None, chunk_size: str | None,
               pick: bool, place: bool, artifact_type: str | None, batch_file: str | None,
-              input_file: str | None) -> None:
+              input_file: str | None, dry_run: bool) -> None:
     # Placement, batch and picker code is imported only when asked for: a plain download starts faster.
     targets = [*url_options, *urls]
     if input_file is not None:
@@ -73,6 +77,9 @@ def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ..
             raise UsageError(f"--input-file {input_file} lists no URIs",
                              hint="one URI per line; lines starting with # are comments")
         targets.extend(listed)
+    if batch_file and dry_run:
+        raise UsageError("--dry-run cannot be combined with --batch",
+                         hint="list the batch's URIs in a file and use --dry-run -i FILE")
     if batch_file:
         from .place import run_batch_cli
 
@@ -104,6 +111,8 @@ def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ..
         check_plain_filename(out, "--out")
     if out and len(targets) > 1:
         raise UsageError("--out names one file, but several URLs were given")
+    if dry_run:
+        return _dry_run(state, targets, options, pick, place)
     factory = progress_factory(state.quiet, state.json_output)
     metrics_hook = checkpoint_writer(config)
     placer = None
@@ -150,3 +159,34 @@ def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ..
         if failed:
             raise ModfetchError(summary, hint="rerun the same command: finished files are not fetched again")
         log.info("%s", summary)
+
+
+def _dry_run(state: CliState, targets: list[str], options: DownloadOptions, pick: bool, place: bool) -> None:
+    """Print what a real run would do; with --json one JSON list of files on stdout."""
+    from ..app.dryrun import dry_run
+    from ..app.place import configured_apps
+    from ..util.sizes import human_size
+    from ..util.termtext import printable
+
+    config = state.config
+    apps = configured_apps(config) if place else None
+    planned = []
+    for target in targets:
+        if pick:
+            from .picker import with_picker
+
+            planned.extend(with_picker(lambda uri: dry_run(config, uri, options, apps), target, pick=True))
+        else:
+            planned.extend(dry_run(config, target, options, apps))
+    if state.json_output:
+        import json
+
+        click.echo(json.dumps([item.as_dict() for item in planned], indent=2))
+        return
+    for item in planned:
+        size = "size unknown" if item.size is None else f"{human_size(item.size)}, {item.size} bytes"
+        lines = [item.url, f"  file    {item.name} ({size})", f"  path    {item.path}  [{item.state}]",
+                 f"  sha256  {item.sha256 or 'not published; computed while downloading'}",
+                 *(f"  place   {p['app']}  {p['mode']}  {p['target']}" for p in item.placements)]
+        for line in lines:  # names and URLs come from the server: no escape sequence reaches the terminal
+            click.echo(printable(line))
