@@ -147,6 +147,14 @@ class JsonFormatter(logging.Formatter):
                           ensure_ascii=False)
 
 
+def json_line(level: int, msg: str, logger: str, **fields: Any) -> str:
+    """One JSON log line built exactly like a logged record's (``ts``, ``level``, ``msg``, ``logger``, fields):
+    for what the CLI prints itself, such as the final error, so every ``--json`` stderr line has one shape."""
+    record = logging.LogRecord(logger, level, __file__, 0, msg, None, None)
+    record.__dict__.update(fields)
+    return JsonFormatter().format(record)
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at emit time (test runners swap it)."""
 

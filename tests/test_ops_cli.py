@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MiB, Modfetch, assert_clean_error, error_lines
+from tests.conftest import MiB, Modfetch, assert_clean_error, error_lines, wait_for
 from tests.lookalike import pseudo_random_bytes
 from tests.lookalike.civitai import CivitaiLookalike
 from tests.lookalike.hub import HubLookalike
@@ -159,3 +159,73 @@ def test_dry_run_civitai_with_place_names_the_placements(mf: Modfetch, tmp_path:
     assert item["placements"] and item["placements"][0]["app"] == "comfyui"
     assert item["placements"][0]["target"].startswith(str(comfy / "models" / "checkpoints"))
     assert not mf.dest.exists() and not mf.state_db.exists() and list(comfy.iterdir()) == []
+
+
+# -- item 7: --json everywhere -----------------------------------------------------------------------------
+
+
+def json_lines(stderr: str) -> list[dict[str, object]]:
+    """Every stderr line parsed; each must be one JSON object with ts, level, msg and logger."""
+    out = []
+    for line in stderr.splitlines():
+        obj = json.loads(line)
+        assert isinstance(obj, dict), line
+        assert {"ts", "level", "msg", "logger"} <= set(obj), line
+        out.append(obj)
+    return out
+
+
+@pytest.mark.parametrize("case", ["404", "several", "usage", "bad-option", "config", "status-id", "input-file"])
+def test_every_stderr_line_is_json_with_ts_and_logger(mf: Modfetch, faulty_server: type[FaultyServer],
+                                                     tmp_path: Path, case: str) -> None:
+    good = faulty_server(size=MiB)
+    bad = faulty_server(size=MiB, error_status=404, error_times=None, include_probe=True)
+    args = {
+        "404": ["download", bad.url],
+        "several": ["download", good.url_for("/a.bin"), bad.url_for("/b.bin")],
+        "usage": ["download", "notaurl"],
+        "bad-option": ["download", "--concurrency", "0", good.url],
+        "config": ["--config", str(tmp_path / "missing.yml"), "download", good.url],
+        "status-id": ["status", "424242"],
+        "input-file": ["download", "-i", str(tmp_path / "nope.txt")],
+    }[case]
+    done = mf.run("--json", *args)
+    assert done.returncode in (1, 2), done.stderr
+    lines = json_lines(done.stderr)
+    final = lines[-1]
+    assert final["level"] == "error" and final["exit_code"] == done.returncode and final["logger"] == "modfetch"
+    assert str(final["ts"]).endswith("Z")
+
+
+def test_sigterm_with_json_is_a_json_line(mf: Modfetch, faulty_server: type[FaultyServer]) -> None:
+    import signal
+
+    server = faulty_server(size=4 * MiB, hold=True)
+    proc = mf.popen("--json", "download", "--dest", str(mf.dest), server.url)
+    try:
+        wait_for(lambda: any(r["status"] == "running" for r in mf.rows()), "a running row", proc)
+        proc.send_signal(signal.SIGTERM)
+        server.release()
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    final = json_lines(err)[-1]
+    assert final["exit_code"] == 130 and "interrupted" in str(final["msg"])
+
+
+def test_verify_json_prints_json_results(mf: Modfetch, faulty_server: type[FaultyServer]) -> None:
+    server = faulty_server(size=MiB)
+    assert mf.run("download", "--quiet", "--dest", str(mf.dest), server.url).returncode == 0
+    ok = mf.run("verify", "--all", "--json")
+    assert ok.returncode == 0, ok.stderr
+    (result,) = json.loads(ok.stdout)
+    assert result["ok"] is True and result["path"] == str(mf.dest / "file.bin") and result["message"] == "ok"
+    with (mf.dest / "file.bin").open("r+b") as handle:
+        handle.write(b"X")
+    bad = mf.run("verify", "--all", "--json")
+    assert bad.returncode == 1
+    (result,) = json.loads(bad.stdout)
+    assert result["ok"] is False and result["sha256"] != result["expected"]
+    assert json_lines(bad.stderr)[-1]["level"] == "error"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
@@ -37,11 +38,14 @@ def _verify(state: CliState, targets: tuple[str, ...], verify_all: bool) -> None
             paths = [t for t in targets if not t.isdigit()]
             rows = [r for i in ids for r in select_downloads(db, i)]
             outcomes = verify_rows(db, rows) + verify_paths(db, paths)
-    bad = 0
-    for outcome in outcomes:
-        bad += not outcome.ok
-        click.echo(f"{'OK' if outcome.ok else 'FAIL':<4}  {outcome.row.dest_path}  {outcome.message}")
-    if not outcomes:
-        click.echo("nothing to verify")
+    bad = sum(not outcome.ok for outcome in outcomes)
+    if state.json_output:  # one JSON list of results on stdout (errors stay JSON lines on stderr)
+        click.echo(json.dumps([{"id": o.row.id or None, "path": o.row.dest_path, "ok": o.ok, "sha256": o.sha256,
+                                "expected": o.row.sha256, "message": o.message} for o in outcomes], indent=2))
+    else:
+        for outcome in outcomes:
+            click.echo(f"{'OK' if outcome.ok else 'FAIL':<4}  {outcome.row.dest_path}  {outcome.message}")
+        if not outcomes:
+            click.echo("nothing to verify")
     if bad:
         raise IntegrityError(f"{bad} of {len(outcomes)} file(s) failed verification")
