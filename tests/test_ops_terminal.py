@@ -61,19 +61,23 @@ def test_final_line_is_not_drawn_over_the_progress_bar(mf: Modfetch, faulty_serv
     their own line in the captured pane, and no bar is left half-drawn on the same line."""
     server = faulty_server(size=2 * MiB, rate=1.5 * MiB, cut_after=300_000)
     argv = mf.command("download", "--concurrency", "2", "--dest", str(mf.dest), server.url)
-    session = Tmux(tmp_path, 160, 30).run(argv, env=os.environ.copy())
+    # The pane must outlive the program to be captured: the shell prints the status, then waits.
+    keep = ["sh", "-c", f"{shlex.join(argv)}; echo \"[exit $?]\"; sleep 120"]
+    session = Tmux(tmp_path, 160, 40).run(keep, env=os.environ.copy())
     try:
-        assert session.exit_status(timeout=60) == 0
-        screen = session.screen()
+        screen = session.wait_text("[exit ", timeout=60)
     finally:
         session.kill()
+    assert "[exit 0]" in screen, screen
     lines = [line.rstrip() for line in screen.splitlines() if line.strip()]
-    done = [line for line in lines if " done: " in line]
-    assert len(done) == 1, screen
-    # No log text shares a line with a bar ("|" drawn by tqdm, "%|").
-    for line in lines:
-        if "INFO" in line or "WARN" in line:
-            assert "%|" not in line, screen
-    retry = [line for line in lines if "WARN" in line]
-    assert retry, screen
-    assert lines[-2:][-1].startswith(str(mf.dest)) or any(line.startswith(str(mf.dest)) for line in lines)
+    bars = [i for i, line in enumerate(lines) if "%|" in line]
+    done = [i for i, line in enumerate(lines) if " done: " in line]
+    warns = [i for i, line in enumerate(lines) if " WARN " in line]
+    # One bar left on screen, closed at 100%; no stale bar above it, nothing drawn into it.
+    assert len(bars) == 1 and "100%|" in lines[bars[0]], screen
+    assert lines[bars[0]].startswith("file.bin: 100%"), screen
+    # The retry warning got its own line above the bar; the final line appears once, right after the bar.
+    assert warns and warns[-1] < bars[0], screen
+    assert len(done) == 1 and done[0] == bars[0] + 1, screen
+    assert lines[done[0]][:8].count(":") == 2, screen  # starts with its own HH:MM:SS, not bar leftovers
+    assert any(line == str(mf.dest / "file.bin") for line in lines[done[0]:]), screen

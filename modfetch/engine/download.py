@@ -428,6 +428,7 @@ class Downloader:
             db.update_download(row.id, status=COMPLETE, sha256=sha256, bytes_done=size, error=None,
                                finished_at=time.time(), meta=meta)
             ok = True
+            self.progress.finish(True)  # the bar closes (at 100%) before the final line is printed below it
             rate = counters.fetched / elapsed / 1e6 if elapsed > 0 else 0.0
             log.info("done: %s (%d bytes, sha256 %s, %.1f MB/s)", dest, size, sha256, rate,
                      extra={"download_id": row.id, "bytes": size, "elapsed_s": round(elapsed, 3),
