@@ -229,3 +229,41 @@ def test_verify_json_prints_json_results(mf: Modfetch, faulty_server: type[Fault
     (result,) = json.loads(bad.stdout)
     assert result["ok"] is False and result["sha256"] != result["expected"]
     assert json_lines(bad.stderr)[-1]["level"] == "error"
+
+
+# -- item 10: single-stream honesty ------------------------------------------------------------------------
+
+
+def test_a_server_without_ranges_says_it_cannot_resume_and_status_shows_the_bytes_on_disk(
+        mf: Modfetch, faulty_server: type[FaultyServer]) -> None:
+    import signal
+
+    server = faulty_server(size=3 * MiB, ranges=False, rate=1 * MiB)
+    part = mf.dest / "file.bin.part"
+    proc = mf.popen("download", "--dest", str(mf.dest), server.url)
+    try:
+        # While it runs, the row follows the .part (checkpointed about once a second), not 0.
+        wait_for(lambda: any(r["bytes_done"] > 0 for r in mf.rows()), "bytes_done to move", proc)
+        (row,) = mf.rows()
+        assert 0 < row["bytes_done"] <= part.stat().st_size
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    (row,) = mf.status()
+    on_disk = part.stat().st_size
+    assert row["status"] == "interrupted" and row["bytes_done"] == on_disk > 0
+    table = mf.run("status").stdout
+    assert f"{on_disk / (3 * MiB) * 100:.1f}%" in table and " 0.0%" not in table
+
+    server.configure(rate=None)
+    rerun = mf.run("download", "--dest", str(mf.dest), server.url)
+    assert rerun.returncode == 0, rerun.stderr
+    lines = rerun.stderr.splitlines()
+    said = [i for i, line in enumerate(lines) if "this server cannot resume; starting again from 0" in line]
+    started = [i for i, line in enumerate(lines) if "as a single stream" in line]
+    assert said and started and said[0] < started[0], rerun.stderr
+    assert f"{on_disk} bytes on disk are discarded" in lines[said[0]]
+    assert (mf.dest / "file.bin").stat().st_size == 3 * MiB

@@ -42,7 +42,8 @@ def render_table(rows: list[DownloadRow]) -> str:
     lines = [header]
     for row in rows:
         fraction = progress_of(row)
-        progress = "?" if fraction is None else f"{fraction * 100:.1f}%"
+        progress = (human_size(row.bytes_done) if row.bytes_done else "?") if fraction is None \
+            else f"{fraction * 100:.1f}%"  # unknown size: the bytes on disk say more than "?"
         name = fit(redact(row.dest_path.rsplit("/", 1)[-1]), 40)
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.updated_at))
         lines.append(f"{row.id:>4}  {name}  {human_size(row.size):>10}  {progress:>8}  "

@@ -369,7 +369,14 @@ class Downloader:
                 and (row.etag or None) == (info.etag or None)
                 and (row.etag is not None or (row.last_modified or None) == (info.last_modified or None)))
         if not same or row.status in FINISHED_STATUSES:
-            if row.bytes_done and row.status not in FINISHED_STATUSES:
+            part = Path(row.part_path)
+            on_disk = max(row.bytes_done, part.stat().st_size if part.is_file() else 0)
+            unchanged = (row.url == url and row.size == info.size and (row.etag or None) == (info.etag or None))
+            if on_disk and row.status not in FINISHED_STATUSES and unchanged and not info.ranges:
+                # Said before the transfer starts: a rerun that silently refetches 30 MB looks like a hang.
+                log.warning("this server cannot resume; starting again from 0 (%d bytes on disk are discarded)",
+                            on_disk, extra={"download_id": row.id})
+            elif row.bytes_done and row.status not in FINISHED_STATUSES:
                 log.warning("the remote file or URL changed since the last attempt; restarting cleanly",
                             extra={"download_id": row.id})
             db.replace_chunks(row.id, [])
@@ -469,6 +476,7 @@ class Downloader:
         self.progress.start(Path(row.dest_path).name, info.size, 0)
         cancel = threading.Event()
         sent = [0]
+        saved = [time.monotonic()]
 
         def report(n: int) -> None:
             sent[0] += n
@@ -476,6 +484,9 @@ class Downloader:
             if n < 0:
                 counters.fetched -= n
             self.progress.advance(n)
+            if time.monotonic() - saved[0] >= CHECKPOINT_SECONDS:  # `status` shows the bytes on disk
+                saved[0] = time.monotonic()
+                db.update_download(row.id, bytes_done=sent[0])
 
         def note(state: RetryCallState) -> None:
             counters.retries += 1
@@ -484,6 +495,17 @@ class Downloader:
                         extra={"download_id": row.id, "attempt": state.attempt_number})
             report(-sent[0])
 
+        try:
+            return self._stream_with_retries(session, req, info, row, fd, cancel, note, report)
+        except BaseException:
+            with contextlib.suppress(Exception):  # stopped or failed: the row tells what the .part holds
+                db.update_download(row.id, bytes_done=sent[0])
+            raise
+
+    def _stream_with_retries(self, session: requests.Session, req: DownloadRequest, info: ProbeResult,
+                             row: DownloadRow, fd: int, cancel: threading.Event,
+                             note: Callable[[RetryCallState], None], report: Callable[[int], None]
+                             ) -> tuple[str, bool]:
         try:
             for attempt in self._retrying(cancel, note):
                 with attempt:
