@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import click
@@ -39,6 +40,9 @@ log = logging.getLogger("modfetch.cli")
               help="Run the jobs of a batch YAML file ('-': standard input; see docs/PLACEMENT.md).")
 @click.option("--input-file", "-i", "input_file", metavar="FILE",
               help="Read URIs from FILE, one per line ('#' comments, blank lines; '-': standard input).")
+@click.option("--limit-rate", "limit_rate", metavar="RATE",
+              help="Download at most RATE bytes/s in total (e.g. 10M, 500K; 0: unlimited), shared by every "
+                   "connection and file (default: network.max_bytes_per_second).")
 @click.option("--dry-run", is_flag=True,
               help="Resolve and show each file (URL, name, size, path, SHA-256, placements, present?); "
                    "fetch no file bytes, write nothing.")
@@ -47,19 +51,29 @@ log = logging.getLogger("modfetch.cli")
 def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
             out: str | None, sha256: str | None, force: bool, concurrency: int | None, chunk_size: str | None,
             pick: bool, place: bool, artifact_type: str | None, batch_file: str | None,
-            input_file: str | None, dry_run: bool) -> None:
+            input_file: str | None, dry_run: bool, limit_rate: str | None) -> None:
     """Download files, verify their SHA-256 and print each final path and hash.
 
     Reruns resume from where the last run stopped; a file already present and verified is not fetched
     again.  URIs: http(s)://..., hf://owner/repo/path[?rev=REV], civitai://model/ID[?version=V].
     Several URIs: each is tried even when an earlier one fails; exit 1 if any failed.
     """
+    if limit_rate is not None:
+        _apply_limit_rate(state, limit_rate)
     try:
         _download(state, urls, url_options, dest, out, sha256, force, concurrency, chunk_size, pick, place,
                   artifact_type, batch_file, input_file, dry_run)
     finally:
         if not dry_run:  # a dry run writes nothing, not even the textfile
             write_metrics(state)  # every run, also one that failed before any download started
+
+
+def _apply_limit_rate(state: CliState, text: str) -> None:
+    """--limit-rate overrides network.max_bytes_per_second for this run (batch jobs included)."""
+    rate = 0 if text.strip() in ("0", "0K", "0M", "0k", "0m") else parse_size(text)
+    config = state.config
+    state._config = dataclasses.replace(
+        config, network=dataclasses.replace(config.network, max_bytes_per_second=rate))
 
 
 def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,

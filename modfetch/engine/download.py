@@ -55,6 +55,7 @@ from ..state import (
 from ..util.filenames import filename_from_url, safe_join, sanitize_filename
 from ..util.http import strong_etag
 from ..util.redact import redact, redact_url
+from . import ratelimit
 from .fetch import BLOCK, DiskWriteError, FetchContext, PartTruncated, fetch_chunk
 from .files import (
     TargetLock,
@@ -162,6 +163,7 @@ class Downloader:
         self.timeout = (min(10.0, config.network.timeout_seconds), config.network.timeout_seconds)
         self.base_headers = {"Accept-Encoding": "identity", "User-Agent": config.network.user_agent}
         self._hashed: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime, inode) -> sha256
+        ratelimit.configure(config.network.max_bytes_per_second)  # process-wide: shared with other files
 
     # -- public ----------------------------------------------------------------------------------------
     def run(self, req: DownloadRequest) -> DownloadResult:
