@@ -13,6 +13,7 @@ import os
 import time
 
 from .errors import ModfetchError, error_class
+from .logs import utf8_text
 from .state import FAILED, FINISHED_STATUSES, MISMATCH, RUNNING, DownloadRow, StateDB, pid_alive
 from .util.redact import redact
 
@@ -47,6 +48,8 @@ def record_failure(db: StateDB, url: str, target: str | None, source: str, error
     good): that failure is recorded under the URI instead."""
     kind = error_class(error)
     message = error_text(error)
+    # A URL or path given as non-UTF-8 bytes carries surrogates SQLite cannot store: keep them as \xff text.
+    url, target = utf8_text(url), utf8_text(target) if target else None
     try:
         row = db.find_by_dest(target) if target else None
         if row is not None and (row.status in FINISHED_STATUSES or _owned_elsewhere(row)):
@@ -68,9 +71,12 @@ def record_failure(db: StateDB, url: str, target: str | None, source: str, error
         log.debug("could not record the failure: %s", exc)
 
 
-def status_label(row: DownloadRow) -> str:
-    """A row's status as tables show it: ``failed:auth`` for a failure with a known class."""
-    return f"{row.status}:{row.error_class}" if row.status == FAILED and row.error_class else row.status
+def status_label(row: DownloadRow, compact: bool = False) -> str:
+    """A row's status as tables show it: ``failed:auth`` for a failure with a known class; ``compact`` (the
+    TUI's 11-column cell) shows the class alone, every class name fits and says it failed."""
+    if row.status != FAILED or not row.error_class:
+        return row.status
+    return row.error_class if compact else f"{row.status}:{row.error_class}"
 
 
 def record_interrupt(db: StateDB, source: str) -> None:
@@ -83,11 +89,13 @@ def record_interrupt(db: StateDB, source: str) -> None:
 
 
 
-def settle_success(db: StateDB, download_id: int, url: str) -> None:
-    """A success of ``url``: its row loses the old error class and stale byte-less failure rows go; never raises."""
+def settle_success(db: StateDB, download_id: int | None, url: str) -> None:
+    """A success of ``url`` (a download, or a URI that resolves again): its row loses the old error class and
+    stale byte-less failure rows of ``url`` go; never raises."""
     try:
-        db.update_download(download_id, error_class=None)
-        db.supersede_failures(url, keep_id=download_id)
+        if download_id is not None:
+            db.update_download(download_id, error_class=None)
+        db.supersede_failures(utf8_text(url), keep_id=download_id)
     except Exception as exc:
         log.debug("could not settle the success: %s", exc)
 

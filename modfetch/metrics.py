@@ -231,11 +231,21 @@ def write_after_run(config: Config) -> None:
         writer()
 
 
+_WRITERS: dict[tuple[Path, Path], TextfileWriter] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
 def checkpoint_writer(config: Config) -> Callable[[], None] | None:
-    """The metrics hook for this config, or None when the textfile is disabled."""
+    """The metrics hook for this config, or None when the textfile is disabled.  One writer per textfile and
+    process: the checkpoints and the end-of-run write share its "warn once" state."""
     if not config.metrics.prometheus_textfile.enabled:
         return None
-    return TextfileWriter(config.state_db, config.metrics_path)
+    key = (config.state_db, config.metrics_path)
+    with _WRITERS_LOCK:
+        writer = _WRITERS.get(key)
+        if writer is None:
+            writer = _WRITERS[key] = TextfileWriter(*key)
+        return writer
 
 
 __all__ = ["COUNTERS", "Snapshot", "TextfileWriter", "check_target", "checkpoint_writer", "collect",

@@ -183,6 +183,9 @@ def test_error_class_is_derived_in_one_place(error: BaseException, expected: str
 def test_status_label_names_the_class_of_failures_only() -> None:
     assert status_label(DownloadRow(1, "u", "/p", status=FAILED, error_class="gated")) == "failed:gated"
     assert status_label(DownloadRow(1, "u", "/p", status="complete", error_class=None)) == "complete"
+    assert status_label(DownloadRow(1, "u", "/p", status=FAILED, error_class="unreachable"), compact=True) \
+        == "unreachable"
+    assert all(len(name) <= 11 for name in errors.ERROR_CLASSES)  # the TUI's STATUS cell
 
 
 def test_schema_1_database_migrates_and_old_failure_counters_gain_a_reason(tmp_path: Path) -> None:
@@ -212,3 +215,16 @@ def test_status_json_carries_the_error_class(mf: Modfetch, faulty_server: type[F
     (row,) = mf.status()
     assert row["error_class"] == "auth" and "403" in row["error"]
     assert json.loads(done.stderr.strip().splitlines()[-1])["level"] == "error"
+
+
+def test_the_tui_shows_the_class_in_the_table_and_the_details() -> None:
+    from modfetch.tui.model import Item
+    from modfetch.tui.render import details_lines, table_lines
+
+    row = DownloadRow(3, "hf://acme/gated-model/model.safetensors", "hf://acme/gated-model/model.safetensors",
+                      status=FAILED, error="acme/gated-model is a gated repository", error_class="gated",
+                      source="huggingface", updated_at=1.0)
+    _header, lines = table_lines([Item(row, 0)], 160, 2.0)
+    assert " gated " in lines[0] and " failed" not in lines[0]
+    assert any("[gated] acme/gated-model is a gated repository" in line for line in details_lines(Item(row, 0),
+                                                                                                   160, 2.0))

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..config import Config
 from ..engine.download import Downloader, DownloadRequest, DownloadResult, request_stop
 from ..errors import ModfetchError, UsageError
-from ..failures import record_failure, source_of_uri
+from ..failures import record_failure, settle_success, source_of_uri
 from ..progress import ProgressListener
 from ..resolvers.base import ResolvedFile, make_session
 from ..resolvers.registry import resolve
@@ -57,7 +57,7 @@ def resolve_recorded(config: Config, uri: str) -> list[ResolvedFile]:
                 record_failure(db, key, None, source_of_uri(uri), exc)
         raise
     with open_state(config.state_db) as db:
-        db.supersede_failures(key)
+        settle_success(db, None, key)
     return items
 
 

@@ -199,7 +199,7 @@ class Downloader:
         name = req.filename or filename_from_url(req.url)
         try:
             return safe_join(req.dest_dir, req.subdir, sanitize_filename(name)) if name else None
-        except ModfetchError:
+        except (ModfetchError, ValueError):  # best effort only (a non-UTF-8 name): the URI keys the row then
             return None
 
     def _checkpoint_hook(self) -> None:
@@ -372,7 +372,8 @@ class Downloader:
                 and (row.etag is not None or (row.last_modified or None) == (info.last_modified or None)))
         if not same or row.status in FINISHED_STATUSES:
             part = Path(row.part_path)
-            on_disk = max(row.bytes_done, part.stat().st_size if part.is_file() else 0)
+            # bytes_done is checkpointed for both modes; a chunked .part is preallocated, so its size says little.
+            on_disk = row.bytes_done or (part.stat().st_size if part.is_file() else 0)
             unchanged = (row.url == url and row.size == info.size and (row.etag or None) == (info.etag or None))
             if on_disk and row.status not in FINISHED_STATUSES and unchanged and not info.ranges:
                 # Said before the transfer starts: a rerun that silently refetches 30 MB looks like a hang.

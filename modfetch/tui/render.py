@@ -119,7 +119,7 @@ def _cell(item: Item, name: str, width: int, now: float) -> str:
     if name == "ETA":
         return fmt_duration(item.eta)
     if name == "STATUS":
-        return status_label(r)
+        return status_label(r, compact=True)  # e.g. "unreachable"; the details pane says "failed" too
     if name == "UPDATED":
         return fmt_age(r.updated_at, now)
     return ""
