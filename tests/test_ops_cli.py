@@ -267,3 +267,18 @@ def test_a_server_without_ranges_says_it_cannot_resume_and_status_shows_the_byte
     assert said and started and said[0] < started[0], rerun.stderr
     assert f"{on_disk} bytes on disk are discarded" in lines[said[0]]
     assert (mf.dest / "file.bin").stat().st_size == 3 * MiB
+
+
+def test_input_file_combines_with_place_and_type(mf: Modfetch, faulty_server: type[FaultyServer],
+                                                 tmp_path: Path) -> None:
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    mf.write_config(placement={"apps": {"comfyui": {"preset": "comfyui", "base": str(comfy)}}})
+    good = faulty_server(size=MiB)
+    listing = tmp_path / "loras.txt"
+    listing.write_text(f"# two LoRAs\n{good.url_for('/a.safetensors')}\n{good.url_for('/b.safetensors')}\n")
+    done = mf.run("download", "--quiet", "-i", str(listing), "--place", "--type", "sd.lora",
+                  "--dest", str(mf.dest))
+    assert done.returncode == 0, done.stderr
+    for name in ("a.safetensors", "b.safetensors"):
+        assert (comfy / "models" / "loras" / name).resolve() == (mf.dest / name).resolve()

@@ -118,7 +118,7 @@ def test_a_limited_download_keeps_its_connections_and_the_rate(mf: Modfetch,
 
 def test_limit_rate_config_and_bad_values(mf: Modfetch, faulty_server: type[FaultyServer]) -> None:
     bad = mf.run("download", "--limit-rate", "fast", "http://127.0.0.1:9/x")
-    assert bad.returncode == 2 and "invalid size 'fast'" in bad.stderr
+    assert bad.returncode == 2 and "--limit-rate: invalid size 'fast'" in bad.stderr
     mf.write_config(network={"timeout_seconds": 5, "max_bytes_per_second": -1})
     wrong = mf.run("download", "http://127.0.0.1:9/x")
     assert wrong.returncode == 2 and "max_bytes_per_second" in wrong.stderr

@@ -70,7 +70,11 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
 
 def _apply_limit_rate(state: CliState, text: str) -> None:
     """--limit-rate overrides network.max_bytes_per_second for this run (batch jobs included)."""
-    rate = 0 if text.strip() in ("0", "0K", "0M", "0k", "0m") else parse_size(text)
+    try:
+        rate = 0 if text.strip() in ("0", "0K", "0M", "0k", "0m") else parse_size(text)
+    except UsageError as exc:
+        raise UsageError(f"--limit-rate: {exc.message}", hint="e.g. --limit-rate 10M or 500K (0: unlimited)") \
+            from None
     config = state.config
     state._config = dataclasses.replace(
         config, network=dataclasses.replace(config.network, max_bytes_per_second=rate))
