@@ -56,6 +56,8 @@ class NetworkConfig:
 
     timeout_seconds: float = _bounded(30.0, 0.001, 86400.0)
     user_agent: str = field(default=f"modfetch/{__version__}", metadata={"header": True})
+    # One limit for the whole process, shared by every connection of every file (0: unlimited).
+    max_bytes_per_second: int = _bounded(0, 0, 1 << 40)
 
 
 @dataclass(frozen=True)

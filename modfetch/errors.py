@@ -110,3 +110,32 @@ class Candidate:
 
     def __repr__(self) -> str:
         return f"Candidate({self.label!r}, {self.uri!r})"
+
+
+class GatedError(AuthError):
+    """A gated repository the current credentials may not download (accept its terms, set a token)."""
+
+
+# The error classes `status`, the TUI and the metrics' ``reason`` label show, most specific first.
+ERROR_CLASSES = ("not_found", "auth", "gated", "unreachable", "tls", "server", "integrity", "disk", "other")
+_CLASS_OF: tuple[tuple[type[BaseException], str], ...] = (
+    (GatedError, "gated"), (AuthError, "auth"), (NotFoundError, "not_found"), (TLSError, "tls"),
+    (NetworkError, "unreachable"), (IntegrityError, "integrity"), (DiskError, "disk"),
+    (ProtocolViolation, "server"), (RemoteChangedError, "server"), (StateError, "disk"),
+)
+
+
+def error_class(error: BaseException) -> str:
+    """The one place that names an error's class (one of ERROR_CLASSES) for records, tables and metrics."""
+    for cls, name in _CLASS_OF:
+        if isinstance(error, cls):
+            return name
+    if isinstance(error, HTTPStatusError):
+        if error.status in (404, 410):
+            return "not_found"
+        if error.status in (401, 403):
+            return "auth"
+        return "server" if error.status >= 500 else "other"
+    if isinstance(error, OSError) and not isinstance(error, ModfetchError):
+        return "disk"
+    return "other"

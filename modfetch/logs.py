@@ -147,11 +147,40 @@ class JsonFormatter(logging.Formatter):
                           ensure_ascii=False)
 
 
+def json_line(level: int, msg: str, logger: str, **fields: Any) -> str:
+    """One JSON log line built exactly like a logged record's (``ts``, ``level``, ``msg``, ``logger``, fields):
+    for what the CLI prints itself, such as the final error, so every ``--json`` stderr line has one shape."""
+    record = logging.LogRecord(logger, level, __file__, 0, msg, None, None)
+    record.__dict__.update(fields)
+    return JsonFormatter().format(record)
+
+
+# While progress bars are on screen the CLI routes log lines through the bars' writer (which clears the bars,
+# prints the line and redraws them), so a log line never lands in the middle of a bar.
+_console_writer: Callable[[str], None] | None = None
+
+
+def set_console_writer(writer: Callable[[str], None] | None) -> None:
+    """Send stderr log lines to ``writer`` (one formatted line per call) until called again with None."""
+    global _console_writer
+    _console_writer = writer
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at emit time (test runners swap it)."""
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        writer = _console_writer
+        if writer is None:
+            super().emit(record)
+            return
+        try:
+            writer(self.format(record))
+        except Exception:
+            self.handleError(record)
 
     @property
     def stream(self) -> IO[str]:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
-from .errors import ModfetchError
-from .state import RUNNING, StateDB, pid_alive
+from .errors import ERROR_CLASSES, ModfetchError
+from .state import MISMATCH, RUNNING, StateDB, pid_alive
 from .util.redact import redact
 
 log = logging.getLogger("modfetch.metrics")
@@ -36,8 +36,13 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "downloaded_bytes": ("modfetch_downloaded_bytes_total", "Bytes fetched and written to disk."),
     "retries": ("modfetch_retries_total", "Requests retried after a transient failure."),
     "downloads_succeeded": ("modfetch_downloads_succeeded_total", "Downloads that finished and verified."),
-    "downloads_failed": ("modfetch_downloads_failed_total", "Downloads that ended in an error."),
+    "downloads_failed": ("modfetch_downloads_failed_total",
+                         "Download attempts that ended in an error (not interrupts), by error class."),
+    "downloads_interrupted": ("modfetch_downloads_interrupted_total",
+                              "Downloads stopped by Ctrl-C or SIGTERM; a rerun resumes them."),
 }
+# Stored in the counters table but shown as a gauge (raised, never added to).
+LAST_FAILURE = "last_failure_timestamp_seconds"
 # Every file render() writes starts with this: how check_target() recognises modfetch's own textfile.
 _OWN_HEADER = b"# HELP modfetch_"
 # How long a write waits for the textfile lock before skipping; a few writers serialise well within it.
@@ -53,6 +58,8 @@ class Snapshot:
     last_duration_seconds: float | None = None
     last_success_timestamp_seconds: float | None = None
     in_progress: int = 0
+    last_failure_timestamp_seconds: float | None = None
+    verify_mismatches: int = 0
 
 
 def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
@@ -77,6 +84,9 @@ def collect(db: StateDB, now: float | None = None) -> Snapshot:
     """Read counters and gauges from the state DB."""
     snap = Snapshot()
     for (name, labels), value in db.counters().items():
+        if name == LAST_FAILURE:
+            snap.last_failure_timestamp_seconds = value
+            continue
         key = (name, parse_labels(labels))
         snap.counters[key] = snap.counters.get(key, 0.0) + value
     last = db.latest_finished()
@@ -85,6 +95,7 @@ def collect(db: StateDB, now: float | None = None) -> Snapshot:
         latest = db.latest_finished(timed=True)
         if latest is not None:
             snap.last_duration_seconds = max(0.0, (latest.finished_at or 0.0) - (latest.started_at or 0.0))
+    snap.verify_mismatches = db.count_status([MISMATCH, "missing"])
     snap.in_progress = sum(1 for r in db.list_downloads(statuses=[RUNNING]) if pid_alive(r.pid))
     return snap
 
@@ -95,7 +106,11 @@ def render(snap: Snapshot) -> str:
     for db_name, (metric, help_text) in COUNTERS.items():
         series = {labels: value for (name, labels), value in snap.counters.items() if name == db_name}
         for source in KNOWN_SOURCES:
-            series.setdefault((("source", source),), 0.0)
+            if db_name == "downloads_failed":  # every series exists from the start: increase() sees the first one
+                for reason in ERROR_CLASSES:
+                    series.setdefault((("reason", reason), ("source", source)), 0.0)
+            else:
+                series.setdefault((("source", source),), 0.0)
         lines.append(f"# HELP {metric} {help_text}")
         lines.append(f"# TYPE {metric} counter")
         for labels in sorted(series):
@@ -109,6 +124,10 @@ def render(snap: Snapshot) -> str:
          snap.last_success_timestamp_seconds),
         ("modfetch_downloads_in_progress", "Downloads running right now (in any process).",
          float(snap.in_progress)),
+        ("modfetch_last_failure_timestamp_seconds", "Unix time the most recent download attempt failed.",
+         snap.last_failure_timestamp_seconds),
+        ("modfetch_verify_mismatches", "Downloads whose file no longer matches its recorded SHA-256 (or is gone).",
+         float(snap.verify_mismatches)),
     ]
     for metric, help_text, value in gauges:
         lines.append(f"# HELP {metric} {help_text}")
@@ -236,12 +255,30 @@ class TextfileWriter:
                 log.debug("cannot write metrics textfile %s: %s", self.path, exc)
 
 
+def write_after_run(config: Config) -> None:
+    """Rewrite the textfile at the end of a command (download, verify), whatever the outcome; never raises."""
+    writer = checkpoint_writer(config)
+    if writer is not None:
+        writer()
+
+
+_WRITERS: dict[tuple[Path, Path], TextfileWriter] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
 def checkpoint_writer(config: Config) -> Callable[[], None] | None:
-    """The metrics hook for this config, or None when the textfile is disabled."""
+    """The metrics hook for this config, or None when the textfile is disabled.  One writer per textfile and
+    process: the checkpoints and the end-of-run write share its "warn once" state."""
     if not config.metrics.prometheus_textfile.enabled:
         return None
-    return TextfileWriter(config.state_db, config.metrics_path)
+    key = (config.state_db, config.metrics_path)
+    with _WRITERS_LOCK:
+        writer = _WRITERS.get(key)
+        if writer is None:
+            writer = _WRITERS[key] = TextfileWriter(*key)
+        return writer
 
 
 __all__ = ["COUNTERS", "LOCK_WAIT_SECONDS", "MetricsBusy", "Snapshot", "TextfileWriter", "check_target",
-           "checkpoint_writer", "collect", "parse_labels", "render", "write_atomic", "write_textfile"]
+           "checkpoint_writer", "collect", "parse_labels", "render", "write_after_run", "write_atomic",
+           "write_textfile"]

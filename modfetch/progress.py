@@ -15,7 +15,7 @@ class ProgressListener(Protocol):
         """``nbytes`` more bytes are on disk (may be negative when a chunk is reset)."""
 
     def finish(self, ok: bool) -> None:
-        """The transfer ended (successfully or not)."""
+        """The transfer ended (successfully or not); a second call does nothing."""
 
 
 class NullProgress:

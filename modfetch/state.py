@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from .errors import StateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 # Seconds a statement waits for another process's lock before failing with a clear "locked" error (never an
 # endless wait); tests and impatient services lower it.
@@ -93,12 +93,18 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (name, labels)
     );
     """,
+    # 1 -> 2: why a download failed, as a class (errors.ERROR_CLASSES); failures gain a ``reason`` label.
+    """
+    ALTER TABLE downloads ADD COLUMN error_class TEXT;
+    UPDATE counters SET labels = labels || ',reason="other"' WHERE name = 'downloads_failed'
+        AND labels NOT LIKE '%reason=%'
+    """,
 ]
 
 _DOWNLOAD_COLUMNS = (
     "id", "url", "resolved_url", "dest_path", "size", "bytes_done", "etag", "last_modified", "expected_sha256",
     "sha256", "status", "error", "source", "artifact_type", "meta", "retries", "pid", "created_at", "updated_at",
-    "started_at", "finished_at",
+    "started_at", "finished_at", "error_class",
 )
 
 
@@ -140,6 +146,7 @@ class DownloadRow:
     expected_sha256: str | None = None
     sha256: str | None = None
     error: str | None = None
+    error_class: str | None = None
     source: str = "http"
     artifact_type: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -519,6 +526,26 @@ class StateDB:
         """All counters keyed by (name, labels)."""
         rows = self.conn.execute("SELECT name, labels, value FROM counters").fetchall()
         return {(r["name"], r["labels"]): float(r["value"]) for r in rows}
+
+    def raise_to(self, name: str, labels: str, value: float) -> None:
+        """Set a stored gauge to ``value`` unless it already holds a larger one (a "last time" stays monotonic)."""
+        self.conn.execute(
+            "INSERT INTO counters (name, labels, value) VALUES (?, ?, ?) "
+            "ON CONFLICT(name, labels) DO UPDATE SET value = max(value, excluded.value)", (name, labels, value))
+
+    def count_status(self, statuses: Iterable[str]) -> int:
+        """How many downloads are in one of ``statuses``."""
+        wanted = list(statuses)
+        sql = f"SELECT count(*) FROM downloads WHERE status IN ({', '.join('?' for _ in wanted)})"
+        return int(self.conn.execute(sql, wanted).fetchone()[0])
+
+    def supersede_failures(self, url: str, keep_id: int | None = None) -> int:
+        """Forget ``failed`` rows of ``url`` that hold no bytes (recorded before the first byte, or keyed by the
+        URI): a later success of the same target makes them stale.  Returns how many went."""
+        cur = self.conn.execute(
+            "DELETE FROM downloads WHERE status = ? AND url = ? AND bytes_done = 0 AND id != ?",
+            (FAILED, url, -1 if keep_id is None else keep_id))
+        return int(cur.rowcount or 0)
 
 
 # Result codes (primary, the low byte of extended codes) that mean the disk, the OS or another process got in

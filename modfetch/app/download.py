@@ -11,6 +11,7 @@ from pathlib import Path
 from ..config import Config
 from ..engine.download import Downloader, DownloadRequest, DownloadResult, request_stop
 from ..errors import ModfetchError, UsageError
+from ..failures import record_failure, settle_success, source_of_uri
 from ..progress import ProgressListener
 from ..resolvers.base import ResolvedFile, make_session
 from ..resolvers.registry import resolve
@@ -42,6 +43,23 @@ def resolve_uri(config: Config, uri: str) -> list[ResolvedFile]:
         return resolve(uri, config, session)
     finally:
         session.close()
+
+
+def resolve_recorded(config: Config, uri: str) -> list[ResolvedFile]:
+    """``resolve_uri``, leaving a ``failed`` row keyed by the URI when the source refuses (404, gated, login
+    required, unreachable) and clearing such a row once the URI resolves again.  Bad input (UsageError, exit 2)
+    is not recorded: it is a mistake on the command line, not a run that failed."""
+    key = redact_url(uri.strip())
+    try:
+        items = resolve_uri(config, uri)
+    except ModfetchError as exc:
+        if not isinstance(exc, UsageError):
+            with open_state(config.state_db) as db:
+                record_failure(db, key, None, source_of_uri(uri), exc)
+        raise
+    with open_state(config.state_db) as db:
+        settle_success(db, None, key)
+    return items
 
 
 def build_request(config: Config, item: ResolvedFile, options: DownloadOptions, single: bool,
@@ -97,7 +115,7 @@ def validate_sha256(value: str | None) -> str | None:
 def download_uri(config: Config, uri: str, options: DownloadOptions, progress: ProgressFactory,
                  on_checkpoint: Callable[[], None] | None = None) -> list[DownloadResult]:
     """Download every file ``uri`` names; raises the first error after letting the other files finish."""
-    items = resolve_uri(config, uri)
+    items = resolve_recorded(config, uri)
     if not items:
         raise UsageError(f"{redact_url(uri)} names no files", hint="check the include/exclude patterns")
     with open_state(config.state_db) as db:

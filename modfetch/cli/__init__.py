@@ -21,7 +21,7 @@ import click
 
 from .. import __version__
 from ..errors import ModfetchError, UsageError, exit_code
-from ..logs import terminal_text, utf8_text
+from ..logs import json_line, terminal_text, utf8_text
 from ..state import db_failure
 from ..util.redact import redact
 from .context import CliState, global_options, pass_state
@@ -103,9 +103,7 @@ class ModfetchGroup(click.Group):
             message = "interrupted; state saved, rerun the same command to resume"
             state = ctx.find_object(CliState)
             if state is not None and state.json_output:  # --json: every stderr line is a JSON object
-                import json
-
-                click.echo(json.dumps({"level": "error", "msg": message, "hint": None, "exit_code": 130}), err=True)
+                click.echo(json_line(logging.ERROR, message, log.name, hint=None, exit_code=130), err=True)
             else:
                 click.echo(f"modfetch: {message}", err=True)
             ctx.exit(130)
@@ -159,17 +157,31 @@ def _flush_stdout(report: bool = True) -> None:
             sys.exit(1)
 
 
+def report_error(error: ModfetchError) -> None:
+    """Print one error the way the final one is printed (a failed URI among several that keep going)."""
+    _report(click.get_current_context(silent=True), error)
+
+
+def write_metrics(state: CliState) -> None:
+    """Rewrite the metrics textfile after a command (download, verify), whatever its outcome; never raises."""
+    try:
+        config = state.config
+    except ModfetchError:
+        return  # no usable config: nothing says where the textfile is
+    from ..metrics import write_after_run
+
+    write_after_run(config)
+
+
 def _report(ctx: click.Context | None, error: ModfetchError) -> None:
     state = ctx.find_object(CliState) if ctx is not None else None
     debug = state is not None and state.log_level == "debug"
     if debug:
         log.debug("traceback", exc_info=error)
     if state is not None and state.json_output:
-        import json
-
-        payload = {"level": "error", "msg": utf8_text(redact(error.message)),
-                   "hint": utf8_text(redact(error.hint or "")) or None, "exit_code": exit_code(error)}
-        click.echo(json.dumps(payload), err=True)
+        click.echo(json_line(logging.ERROR, utf8_text(redact(error.message)), log.name,
+                             hint=utf8_text(redact(error.hint or "")) or None, exit_code=exit_code(error)),
+                   err=True)
         return
     click.echo(f"modfetch: error: {terminal_text(redact(error.message))}", err=True)
     if error.hint:
@@ -222,4 +234,4 @@ def main(argv: list[str] | None = None) -> None:
 if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1:])
 
-__all__ = ["cli", "main", "pass_state"]
+__all__ = ["cli", "main", "pass_state", "report_error", "write_metrics"]

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import click
 
 from ..app.download import DownloadOptions, download_uri, validate_sha256
 from ..artifacts import TYPES
-from ..errors import UsageError
+from ..errors import ModfetchError, UsageError
 from ..metrics import checkpoint_writer
 from ..paths import expand_path
 from ..util.filenames import check_plain_filename
+from ..util.inputfile import read_uri_list
 from ..util.sizes import parse_size
+from . import report_error, write_metrics
 from .context import CliState, global_options, pass_state
 from .progress import progress_factory
+
+log = logging.getLogger("modfetch.cli")
 
 
 @click.command("download")
@@ -34,19 +41,66 @@ from .progress import progress_factory
               help="Artifact type for placement (skips detection).")
 @click.option("--batch", "batch_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True),
               help="Run the jobs of a batch YAML file ('-': standard input; see docs/PLACEMENT.md).")
+@click.option("--input-file", "-i", "input_file", metavar="FILE",
+              help="Read URIs from FILE, one per line ('#' comments, blank lines; '-': standard input).")
+@click.option("--limit-rate", "limit_rate", metavar="RATE",
+              help="Download at most RATE bytes/s in total (e.g. 10M, 500K; 0: unlimited), shared by every "
+                   "connection and file (default: network.max_bytes_per_second).")
+@click.option("--dry-run", is_flag=True,
+              help="Resolve and show each file (URL, name, size, path, SHA-256, placements, present?); "
+                   "fetch no file bytes, write nothing.")
 @global_options
 @pass_state
 def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
             out: str | None, sha256: str | None, force: bool, concurrency: int | None, chunk_size: str | None,
             pick: bool, place: bool, metadata: bool | None, artifact_type: str | None,
-            batch_file: str | None) -> None:
+            batch_file: str | None, input_file: str | None, dry_run: bool, limit_rate: str | None) -> None:
     """Download files, verify their SHA-256 and print each final path and hash.
 
     Reruns resume from where the last run stopped; a file already present and verified is not fetched
     again.  URIs: http(s)://..., hf://owner/repo/path[?rev=REV], civitai://model/ID[?version=V].
+    Several URIs: each is tried even when an earlier one fails; exit 1 if any failed.
     """
+    if limit_rate is not None:
+        _apply_limit_rate(state, limit_rate)
+    try:
+        _download(state, urls, url_options, dest, out, sha256, force, concurrency, chunk_size, pick, place,
+                  metadata, artifact_type, batch_file, input_file, dry_run)
+    finally:
+        if not dry_run:  # a dry run writes nothing, not even the textfile
+            write_metrics(state)  # every run, also one that failed before any download started
+
+
+def _apply_limit_rate(state: CliState, text: str) -> None:
+    """--limit-rate overrides network.max_bytes_per_second for this run (batch jobs included)."""
+    try:
+        rate = 0 if text.strip() in ("0", "0K", "0M", "0k", "0m") else parse_size(text)
+    except UsageError as exc:
+        raise UsageError(f"--limit-rate: {exc.message}", hint="e.g. --limit-rate 10M or 500K (0: unlimited)") \
+            from None
+    config = state.config
+    state._config = dataclasses.replace(
+        config, network=dataclasses.replace(config.network, max_bytes_per_second=rate))
+
+
+def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
+              out: str | None, sha256: str | None, force: bool, concurrency: int | None, chunk_size: str | None,
+              pick: bool, place: bool, metadata: bool | None, artifact_type: str | None, batch_file: str | None,
+              input_file: str | None, dry_run: bool) -> None:
     # Placement, batch and picker code is imported only when asked for: a plain download starts faster.
     targets = [*url_options, *urls]
+    if input_file is not None:
+        if batch_file:
+            raise UsageError("--input-file cannot be combined with --batch",
+                             hint="a batch file lists its own jobs (see docs/PLACEMENT.md)")
+        listed = read_uri_list(input_file)
+        if not listed and not targets:
+            raise UsageError(f"--input-file {input_file} lists no URIs",
+                             hint="one URI per line; lines starting with # are comments")
+        targets.extend(listed)
+    if batch_file and dry_run:
+        raise UsageError("--dry-run cannot be combined with --batch",
+                         hint="list the batch's URIs in a file and use --dry-run -i FILE")
     if batch_file:
         from .place import run_batch_cli
 
@@ -78,6 +132,8 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
         check_plain_filename(out, "--out")
     if out and len(targets) > 1:
         raise UsageError("--out names one file, but several URLs were given")
+    if dry_run:
+        return _dry_run(state, targets, options, pick, place)
     factory = progress_factory(state.quiet, state.json_output)
     metrics_hook = checkpoint_writer(config)
     placer = None
@@ -85,15 +141,24 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
         from .place import Placer, render_report, report_json
 
         placer = Placer(state, artifact_type)
+    failed = 0
     for target in targets:
-        if pick:
-            from .picker import with_picker
+        try:
+            if pick:
+                from .picker import with_picker
 
-            results = with_picker(
-                lambda uri: download_uri(config, uri, options, factory, on_checkpoint=metrics_hook),
-                target, pick=True)
-        else:
-            results = download_uri(config, target, options, factory, on_checkpoint=metrics_hook)
+                results = with_picker(
+                    lambda uri: download_uri(config, uri, options, factory, on_checkpoint=metrics_hook),
+                    target, pick=True)
+            else:
+                results = download_uri(config, target, options, factory, on_checkpoint=metrics_hook)
+        except ModfetchError as error:
+            if len(targets) == 1 or isinstance(error, UsageError):
+                raise  # bad input (exit 2) stops the run: the command line needs fixing first
+            # Like --batch: one failed URI is reported and the others still run.
+            failed += 1
+            report_error(error)
+            continue
         for result in results:
             report = placer.place(result) if placer else None
             sidecars = []
@@ -120,3 +185,39 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
                     click.echo(f"  metadata {sidecar.action} {sidecar.path}")
     if placer:
         placer.finish()
+    if len(targets) > 1:
+        summary = f"{len(targets) - failed} of {len(targets)} downloads succeeded"
+        if failed:
+            raise ModfetchError(summary, hint="rerun the same command: finished files are not fetched again")
+        log.info("%s", summary)
+
+
+def _dry_run(state: CliState, targets: list[str], options: DownloadOptions, pick: bool, place: bool) -> None:
+    """Print what a real run would do; with --json one JSON list of files on stdout."""
+    from ..app.dryrun import dry_run
+    from ..app.place import configured_apps
+    from ..util.sizes import human_size
+    from ..util.termtext import printable
+
+    config = state.config
+    apps = configured_apps(config) if place else None
+    planned = []
+    for target in targets:
+        if pick:
+            from .picker import with_picker
+
+            planned.extend(with_picker(lambda uri: dry_run(config, uri, options, apps), target, pick=True))
+        else:
+            planned.extend(dry_run(config, target, options, apps))
+    if state.json_output:
+        import json
+
+        click.echo(json.dumps([item.as_dict() for item in planned], indent=2))
+        return
+    for item in planned:
+        size = "size unknown" if item.size is None else f"{human_size(item.size)}, {item.size} bytes"
+        lines = [item.url, f"  file    {item.name} ({size})", f"  path    {item.path}  [{item.state}]",
+                 f"  sha256  {item.sha256 or 'not published; computed while downloading'}",
+                 *(f"  place   {p['app']}  {p['mode']}  {p['target']}" for p in item.placements)]
+        for line in lines:  # names and URLs come from the server: no escape sequence reaches the terminal
+            click.echo(printable(line))

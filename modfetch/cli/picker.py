@@ -12,8 +12,9 @@ import curses
 import os
 import shutil
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+import termios
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from ..errors import AmbiguousChoiceError, Candidate, UsageError
 from ..util.sizes import human_size
@@ -41,6 +42,26 @@ def candidate_line(candidate: Candidate, width: int = 100) -> str:
     return text if len(text) <= width else text[: max(1, width - 3)] + "..."
 
 
+@contextlib.contextmanager
+def terminal_restored() -> Iterator[None]:
+    """Put the terminal's settings back exactly as they were, however the block ends (choice, cancel, Ctrl-C).
+
+    curses' endwin() restores only what curses thinks it changed: after curses-menu the output post-processing
+    (``onlcr``) stayed off, so every later line started where the previous one ended."""
+    saved: list[tuple[int, list[Any]]] = []
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError, termios.error):
+            fd = stream.fileno()
+            if os.isatty(fd) and all(fd != known for known, _ in saved):
+                saved.append((fd, termios.tcgetattr(fd)))
+    try:
+        yield
+    finally:
+        for fd, attrs in saved:
+            with contextlib.suppress(OSError, termios.error):
+                termios.tcsetattr(fd, termios.TCSADRAIN, attrs)
+
+
 def pick_candidate(candidates: list[Candidate],
                    title: str = "modfetch: choose what to download") -> Candidate | None:
     """Show a selection menu; the chosen candidate, or None when the user picked "Exit" (q then Enter)."""
@@ -62,12 +83,13 @@ def pick_candidate(candidates: list[Candidate],
         menu.items.append(SelectionItem(text=candidate_line(candidate, width), index=index, should_exit=True))
     # curses-menu registers an atexit "reset" that would wipe what modfetch prints afterwards: opt out.
     os.environ.setdefault("CURSES_MENU_PID", str(os.getpid()))
-    try:
-        choice = menu.show()
-    except KeyboardInterrupt:
-        with contextlib.suppress(curses.error):
-            curses.endwin()
-        raise
+    with terminal_restored():
+        try:
+            choice = menu.show()
+        except KeyboardInterrupt:
+            with contextlib.suppress(curses.error):
+                curses.endwin()
+            raise
     if choice is None or not isinstance(choice, int) or not 0 <= choice < len(candidates):
         return None
     return candidates[choice]

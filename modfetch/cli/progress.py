@@ -6,6 +6,7 @@ import sys
 import threading
 from typing import Any
 
+from ..logs import set_console_writer
 from ..progress import NullProgress, ProgressListener
 
 
@@ -27,6 +28,7 @@ class TqdmProgress:
             while self.position in self._positions:
                 self.position += 1
             self._positions.add(self.position)
+            set_console_writer(_write_above_bars)  # log lines go above the bars, never into them
         self.bar = tqdm(total=total, initial=already, unit="B", unit_scale=True, unit_divisor=1024,
                         desc=name[:40], file=sys.stderr, leave=self.position == 0, position=self.position,
                         dynamic_ncols=True, mininterval=0.25)
@@ -43,6 +45,15 @@ class TqdmProgress:
             self.bar = None
             with self._position_lock:
                 self._positions.discard(self.position)
+                if not self._positions:
+                    set_console_writer(None)
+
+
+def _write_above_bars(line: str) -> None:
+    """tqdm.write: clear the bars, print the line, redraw the bars."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 def progress_factory(quiet: bool, json_logs: bool) -> type[TqdmProgress] | type[NullProgress]:

@@ -60,7 +60,8 @@ def render_table(rows: list[DownloadRow], root: Path | None = None) -> str:
     lines = [header]
     for row in rows:
         fraction = progress_of(row)
-        progress = "?" if fraction is None else f"{fraction * 100:.1f}%"
+        progress = (human_size(row.bytes_done) if row.bytes_done else "?") if fraction is None \
+            else f"{fraction * 100:.1f}%"  # unknown size: the bytes on disk say more than "?"
         name = fit(redact(row.dest_path.rsplit("/", 1)[-1]), 40)
         updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.updated_at))
         lines.append(f"{row.id:>4}  {name}  {fit(row.source, 11)}  {human_size(row.size):>10}  {progress:>8}  "
@@ -73,6 +74,13 @@ def render_placements(db: StateDB, rows: list[DownloadRow]) -> str:
     lines = [printable(redact(f"{row.id:>4}  {p.app:<10}  {p.mode:<9}  {p.target_path}"))
              for row in rows for p in db.placements(download_id=row.id)]
     return "\nplacements:\n" + "\n".join(lines) if lines else ""
+
+
+def render_failures(rows: list[DownloadRow]) -> str:
+    """Lines under the table naming each failed download's error class and (redacted) error."""
+    lines = [printable(f"{row.id:>4}  {row.error_class or 'other':<11}  {redact(row.error or '')}")
+             for row in rows if row.status == FAILED]
+    return "\nfailures:\n" + "\n".join(lines) if lines else ""
 
 
 STATUSES = [PENDING, RUNNING, COMPLETE, VERIFIED, MISMATCH, FAILED, INTERRUPTED]
@@ -98,7 +106,7 @@ def _render(state: CliState, db: StateDB, selector: str | None, statuses: list[s
         return json.dumps(out) if compact else json.dumps(out, indent=2)
     if not rows:
         return "no downloads match" if (statuses or source or selector) else "no downloads yet"
-    return render_table(rows, state.config.download_root) + render_placements(db, rows)
+    return render_table(rows, state.config.download_root) + render_placements(db, rows) + render_failures(rows)
 
 
 def _watch(state: CliState, selector: str | None, statuses: list[str], source: str | None,

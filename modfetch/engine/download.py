@@ -36,6 +36,7 @@ from ..errors import (
     RemoteChangedError,
     TargetExistsError,
 )
+from ..failures import record_failure, record_interrupt, settle_success
 from ..progress import NullProgress, ProgressListener
 from ..resolvers.base import make_session
 from ..state import (
@@ -55,6 +56,7 @@ from ..state import (
 from ..util.filenames import filename_from_url, safe_join, sanitize_filename
 from ..util.http import strong_etag
 from ..util.redact import redact, redact_url
+from . import ratelimit
 from .fetch import BLOCK, DiskWriteError, FetchContext, PartTruncated, fetch_chunk
 from .files import (
     TargetLock,
@@ -164,6 +166,7 @@ class Downloader:
         self.timeout = (min(10.0, config.network.timeout_seconds), config.network.timeout_seconds)
         self.base_headers = {"Accept-Encoding": "identity", "User-Agent": config.network.user_agent}
         self._hashed: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime, inode) -> sha256
+        ratelimit.configure(config.network.max_bytes_per_second)  # process-wide: shared with other files
 
     # -- public ----------------------------------------------------------------------------------------
     def run(self, req: DownloadRequest) -> DownloadResult:
@@ -171,17 +174,40 @@ class Downloader:
         started = time.monotonic()
         db = open_state(self.config.state_db)
         session = make_session(self.config, self.workers)
+        dest: Path | None = None
         try:
             present = self._present_without_probe(db, req)
-            if present is not None:
-                return present
-            info = self._probe(session, req)
-            dest = self._destination(req, info)
-            with TargetLock(self.config.data_root / "locks", dest):
-                return self._run_locked(db, session, req, info, dest, started)
+            if present is None:
+                info = self._probe(session, req)
+                dest = self._destination(req, info)
+                with TargetLock(self.config.data_root / "locks", dest):
+                    present = self._run_locked(db, session, req, info, dest, started)
+            settle_success(db, present.download_id, redact_url(req.display_url or req.url))
+            return present
+        except KeyboardInterrupt:
+            record_interrupt(db, req.source)
+            self._checkpoint_hook()
+            raise
+        except Exception as exc:
+            record_failure(db, redact_url(req.display_url or req.url), str(dest or self._guess_dest(req) or "")
+                           or None, req.source, exc)
+            self._checkpoint_hook()
+            raise
         finally:
             session.close()
             db.close()
+
+    def _guess_dest(self, req: DownloadRequest) -> Path | None:
+        """The target a request would have before the server named it (the failure row's key), if any."""
+        name = req.filename or filename_from_url(req.url)
+        try:
+            return safe_join(req.dest_dir, req.subdir, sanitize_filename(name)) if name else None
+        except (ModfetchError, ValueError):  # best effort only (a non-UTF-8 name): the URI keys the row then
+            return None
+
+    def _checkpoint_hook(self) -> None:
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
 
     # -- steps -----------------------------------------------------------------------------------------
     def _retrying(self, cancel: threading.Event | None = None,
@@ -414,7 +440,15 @@ class Downloader:
                 and (row.etag or None) == (info.etag or None)
                 and (row.etag is not None or (row.last_modified or None) == (info.last_modified or None)))
         if not same or row.status in FINISHED_STATUSES:
-            if row.bytes_done and row.status not in FINISHED_STATUSES:
+            part = Path(row.part_path)
+            # bytes_done is checkpointed for both modes; a chunked .part is preallocated, so its size says little.
+            on_disk = row.bytes_done or (part.stat().st_size if part.is_file() else 0)
+            unchanged = (row.url == url and row.size == info.size and (row.etag or None) == (info.etag or None))
+            if on_disk and row.status not in FINISHED_STATUSES and unchanged and not info.ranges:
+                # Said before the transfer starts: a rerun that silently refetches 30 MB looks like a hang.
+                log.warning("this server cannot resume; starting again from 0 (%d bytes on disk are discarded)",
+                            on_disk, extra={"download_id": row.id})
+            elif row.bytes_done and row.status not in FINISHED_STATUSES:
                 log.warning("the remote file or URL changed since the last attempt; restarting cleanly",
                             extra={"download_id": row.id})
             db.replace_chunks(row.id, [])
@@ -473,6 +507,7 @@ class Downloader:
             db.update_download(row.id, status=COMPLETE, sha256=sha256, bytes_done=size, error=None,
                                finished_at=time.time(), meta=meta)
             ok = True
+            self.progress.finish(True)  # the bar closes (at 100%) before the final line is printed below it
             rate = counters.fetched / elapsed / 1e6 if elapsed > 0 else 0.0
             log.info("done: %s (%d bytes, sha256 %s, %.1f MB/s)", dest, size, sha256, rate,
                      extra={"download_id": row.id, "bytes": size, "elapsed_s": round(elapsed, 3),
@@ -498,7 +533,7 @@ class Downloader:
         finally:
             if fd >= 0:
                 os.close(fd)
-            counters.flush(db, req.source, ok)
+            counters.flush(db, req.source, True if ok else None)  # failures: counted with a reason in run()
             self.progress.finish(bool(ok))
             if self.on_checkpoint is not None:
                 self.on_checkpoint()
@@ -513,6 +548,7 @@ class Downloader:
         self.progress.start(Path(row.dest_path).name, info.size, 0)
         cancel = threading.Event()
         sent = [0]
+        saved = [time.monotonic()]
 
         def report(n: int) -> None:
             sent[0] += n
@@ -520,6 +556,9 @@ class Downloader:
             if n < 0:
                 counters.fetched -= n
             self.progress.advance(n)
+            if time.monotonic() - saved[0] >= CHECKPOINT_SECONDS:  # `status` shows the bytes on disk
+                saved[0] = time.monotonic()
+                db.update_download(row.id, bytes_done=sent[0])
 
         def note(state: RetryCallState) -> None:
             counters.retries += 1
@@ -528,6 +567,17 @@ class Downloader:
                         extra={"download_id": row.id, "attempt": state.attempt_number})
             report(-sent[0])
 
+        try:
+            return self._stream_with_retries(session, req, info, row, fd, cancel, note, report)
+        except BaseException:
+            with contextlib.suppress(Exception):  # stopped or failed: the row tells what the .part holds
+                db.update_download(row.id, bytes_done=sent[0])
+            raise
+
+    def _stream_with_retries(self, session: requests.Session, req: DownloadRequest, info: ProbeResult,
+                             row: DownloadRow, fd: int, cancel: threading.Event,
+                             note: Callable[[RetryCallState], None], report: Callable[[int], None]
+                             ) -> tuple[str, bool]:
         try:
             for attempt in self._retrying(cancel, note):
                 with attempt:

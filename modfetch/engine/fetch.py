@@ -21,6 +21,7 @@ import requests
 from ..errors import ProtocolViolation
 from ..util.http import etag_value, header_int, parse_content_range, parse_unsatisfied_range
 from .http import RangesIgnored, RemoteChanged, RetryableError, check_status, request
+from .ratelimit import throttle
 from .scheduler import LiveChunk
 
 log = logging.getLogger("modfetch.engine")
@@ -224,6 +225,7 @@ def _stream_into(ctx: FetchContext, chunk: LiveChunk, response: requests.Respons
                     chunk.done += n
                     chunk.prefix = (chunk.done, hasher.copy())  # a consistent pair for the checkpoint
                     got += n
+            throttle(n, ctx.cancel, lambda: ctx.active.__setitem__(thread, (response, time.monotonic())))
             if closed and got < wanted and chunk.position < chunk.end:
                 raise RetryableError(f"connection closed after {got} of {wanted} bytes")
             if chunk.position >= chunk.end and got < wanted:

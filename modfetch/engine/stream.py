@@ -12,6 +12,7 @@ import requests
 from ..util.http import header_int
 from .fetch import BLOCK, PartTruncated
 from .http import RemoteChanged, RetryableError, check_status, request
+from .ratelimit import throttle
 
 
 def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size: int | None,
@@ -47,6 +48,7 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
                 data = data[written:]
             digest.update(block)
             on_bytes(n)
+            throttle(n, stop)  # the process-wide --limit-rate
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt
         if length is not None and pos != length:

@@ -30,7 +30,15 @@ from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 import requests
 
 from ..config import Config
-from ..errors import AmbiguousChoiceError, AuthError, Candidate, HTTPStatusError, NotFoundError, UsageError
+from ..errors import (
+    AmbiguousChoiceError,
+    AuthError,
+    Candidate,
+    GatedError,
+    HTTPStatusError,
+    NotFoundError,
+    UsageError,
+)
 from ..util import hf_tree
 from ..util.http import etag_value, header_int
 from ..util.redact import redact_url
@@ -97,9 +105,9 @@ def hub_error(response: requests.Response, *, repo_id: str, page: str, token_var
     code = response.headers.get("X-Error-Code", "")
     if code == "GatedRepo":
         if token_var is None:
-            return AuthError(f"{repo_id} is a gated repository and no Hugging Face token is set", status,
+            return GatedError(f"{repo_id} is a gated repository and no Hugging Face token is set", status,
                              hint=f"accept the terms on the model page {page} and set HF_TOKEN")
-        return AuthError(f"the token in {token_var} has no access to gated repository {repo_id}", status,
+        return GatedError(f"the token in {token_var} has no access to gated repository {repo_id}", status,
                          hint=f"accept the terms on {page} with the account that owns the token")
     if code == "RepoNotFound":
         hint = ("check the name; a private repository also needs HF_TOKEN" if token_var is None

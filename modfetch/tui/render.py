@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from ..failures import status_label
 from ..state import CHUNK_COMPLETE, RUNNING, ChunkRow
 from ..util import termtext
 from ..util.redact import redact, redact_url
@@ -118,7 +119,7 @@ def _cell(item: Item, name: str, width: int, now: float) -> str:
     if name == "ETA":
         return fmt_duration(item.eta)
     if name == "STATUS":
-        return r.status
+        return status_label(r, compact=True)  # e.g. "unreachable"; the details pane says "failed" too
     if name == "UPDATED":
         return fmt_age(r.updated_at, now)
     return ""
@@ -169,7 +170,7 @@ def details_lines(item: Item, width: int, now: float) -> list[str]:
     add("time", "   ".join(times))
     if r.retries:
         add("retries", str(r.retries))
-    add("error", r.error)
+    add("error", f"[{r.error_class}] {r.error}" if r.error and r.error_class else r.error)
     if item.placements:
         lines.append("  placements:")
         lines.extend(redact(f"    {p.app:<10} {p.mode:<8} {p.target_path}") for p in item.placements)

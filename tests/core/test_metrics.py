@@ -22,7 +22,8 @@ FAMILIES = {
     "modfetch_downloaded_bytes": "counter", "modfetch_retries": "counter",
     "modfetch_downloads_succeeded": "counter", "modfetch_downloads_failed": "counter",
     "modfetch_last_download_duration_seconds": "gauge", "modfetch_last_success_timestamp_seconds": "gauge",
-    "modfetch_downloads_in_progress": "gauge",
+    "modfetch_downloads_in_progress": "gauge", "modfetch_downloads_interrupted": "counter",
+    "modfetch_last_failure_timestamp_seconds": "gauge", "modfetch_verify_mismatches": "gauge",
 }
 
 
