@@ -24,6 +24,7 @@ import yaml
 from ..artifacts import TYPES
 from ..config import Config
 from ..engine.download import POLLING, STOP, DownloadResult, Interrupted, request_stop
+from ..engine.interrupt import check_stop
 from ..errors import ModfetchError, UsageError
 from ..metrics import checkpoint_writer
 from ..paths import expand_path
@@ -227,11 +228,13 @@ def run_batch(config: Config, jobs: list[BatchJob], progress: Callable[[], Progr
                 opts = dataclasses.replace(
                     place_options, artifact_type=job.artifact_type or place_options.artifact_type)
                 outcome.placements = [place_download(config, r, opts, apps) for r in outcome.results]
-        except ModfetchError as exc:
-            outcome.error = redact(exc.message)
         except Exception as exc:  # one job's bug or OS error must not stop the others
-            log.debug("job %d failed", job.index, exc_info=exc)
-            outcome.error = redact(f"{type(exc).__name__}: {exc}")
+            check_stop()  # request_stop() shut the job's connections down: stopped, not failed
+            if isinstance(exc, ModfetchError):
+                outcome.error = redact(exc.message)
+            else:
+                log.debug("job %d failed", job.index, exc_info=exc)
+                outcome.error = redact(f"{type(exc).__name__}: {exc}")
         if outcome.error:
             log.error("job %d (%s) failed: %s", job.index, redact_url(job.uri), outcome.error)
         return outcome

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from ..config import Config
 from ..engine.download import Downloader, DownloadRequest, DownloadResult, request_stop
+from ..engine.interrupt import check_stop
 from ..errors import ModfetchError, UsageError
 from ..progress import ProgressListener
 from ..resolvers.base import ResolvedFile, make_session
 from ..resolvers.registry import resolve
-from ..util.redact import redact_url
+from ..util.redact import redact, redact_url
 
 log = logging.getLogger("modfetch.app")
 ProgressFactory = Callable[[], ProgressListener]
@@ -89,7 +90,13 @@ def download_uri(config: Config, uri: str, options: DownloadOptions, progress: P
     def run(req: DownloadRequest) -> DownloadResult:
         downloader = Downloader(config, progress=progress(), concurrency=options.concurrency,
                                 chunk_size=options.chunk_size, on_checkpoint=on_checkpoint)
-        return downloader.run(req)
+        try:
+            return downloader.run(req)
+        except ModfetchError:
+            raise
+        except Exception as exc:
+            check_stop()  # request_stop() shut its connections down: the file was stopped, it did not fail
+            raise file_failure(req, exc) from exc
 
     if len(requests_) == 1:
         return [run(requests_[0])]
@@ -102,11 +109,12 @@ def download_uri(config: Config, uri: str, options: DownloadOptions, progress: P
             for future in futures:
                 try:
                     results.append(future.result())
-                except ModfetchError as exc:
+                except ModfetchError as exc:  # this file's failure alone: the others go on
                     log.error("%s", exc.message)
                     errors.append(exc)
-        except BaseException:
-            request_stop()  # Ctrl-C: the downloads in pool threads checkpoint and stop too
+        except KeyboardInterrupt:
+            # Only a real stop (Ctrl-C here, or a file stopped by request_stop()) stops the other files.
+            request_stop()
             for future in futures:
                 future.cancel()
             raise
@@ -115,3 +123,15 @@ def download_uri(config: Config, uri: str, options: DownloadOptions, progress: P
         raise ModfetchError(f"{len(errors)} of {len(requests_)} files failed; first: {first.message}",
                             hint=first.hint)
     return results
+
+
+def file_failure(req: DownloadRequest, exc: Exception) -> ModfetchError:
+    """One clear line for an exception no layer below expected while downloading ``req`` (an OSError from an
+    odd path, a bug): it fails that file only, never the run."""
+    name = req.filename or req.display_url or redact_url(req.url)
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return ModfetchError(f"cannot download {name}: {exc.strerror or exc}{where}")
+    log.debug("unexpected error downloading %s", name, exc_info=exc)
+    return ModfetchError(f"cannot download {name}: internal error: {type(exc).__name__}: {redact(str(exc))}",
+                         hint="rerun with --log-level debug for the traceback and report it")

@@ -16,10 +16,12 @@ import requests
 import requests.adapters
 import urllib3.connection
 import urllib3.connectionpool
+import urllib3.exceptions
 
 from ..errors import AuthError, HTTPStatusError, NotFoundError, TLSError
 from ..util.http import parse_retry_after
 from ..util.redact import redact, redact_url
+from .interrupt import check_stop, track
 
 MAX_REDIRECTS = 10
 HEADER_DEADLINE_FACTOR = 2.0  # response headers must be complete within this many read timeouts
@@ -104,6 +106,7 @@ class _GuardedResponse(http.client.HTTPResponse):
             if tracker.last not in (b"\r\n", b"\n"):
                 raise http.client.RemoteDisconnected("connection closed inside the response headers")
         except Exception:
+            check_stop()  # the failure is request_stop() shutting the socket down: a stop, not a network error
             if fired.is_set():
                 raise TimeoutError(f"no complete response headers within {limit:.0f}s") from None
             raise
@@ -116,9 +119,17 @@ class _GuardedResponse(http.client.HTTPResponse):
 class _GuardedHTTPConnection(urllib3.connection.HTTPConnection):
     response_class = _GuardedResponse
 
+    def connect(self) -> None:
+        super().connect()
+        track(self.sock)  # request_stop() can now wake any read on this connection
+
 
 class _GuardedHTTPSConnection(urllib3.connection.HTTPSConnection):
     response_class = _GuardedResponse
+
+    def connect(self) -> None:
+        super().connect()
+        track(self.sock)  # (the TLS socket: set only once the handshake is done)
 
 
 class _GuardedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
@@ -194,7 +205,8 @@ def tls_failure(exc: BaseException, url: str) -> TLSError | None:
 
 def connect_failure(exc: BaseException, url: str) -> RetryableError | None:
     """A RetryableError marked ``unreachable`` when ``exc`` means no connection could be made (refused, host
-    name not resolvable, no route), else None."""
+    name not resolvable, no route, connect timeout) or the server never answered it (no response headers
+    within the read timeout), else None."""
     host = host_of(url)
     for err in _causes(exc):
         if isinstance(err, ConnectionRefusedError):
@@ -203,6 +215,11 @@ def connect_failure(exc: BaseException, url: str) -> RetryableError | None:
             return RetryableError(f"cannot resolve the host name of {host}", unreachable=True)
         if isinstance(err, OSError) and err.errno in _NO_ROUTE_ERRNOS:
             return RetryableError(f"no route to {host} ({err.strerror})", unreachable=True)
+        if isinstance(err, (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError)):
+            # Raised before the body is read (stream=True): no connection within the connect timeout, or a
+            # server that accepted and sent no response headers within the read timeout.  Like a refused
+            # connection this is almost always a dead server, not a blip: the probe gives up after a few tries.
+            return RetryableError(f"no response from {host} within the timeout", unreachable=True)
     return None
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -27,6 +26,7 @@ from ..engine.http import (
     host_of,
     tls_failure,
 )
+from ..engine.interrupt import check_stop, sleep_unless_stopped
 from ..errors import AuthError, HTTPStatusError, NetworkError, UsageError
 from ..util.http import parse_retry_after
 from ..util.redact import redact, redact_url, register_token_env
@@ -148,6 +148,7 @@ class SourceClient:
                 response = self.session.request(method, url, headers=headers, timeout=self.timeout,
                                                 stream=True, allow_redirects=False)
             except requests.RequestException as exc:
+                check_stop()  # request_stop() shut this connection down: a stop, not a network failure
                 if isinstance(exc, requests.exceptions.InvalidHeader):  # malformed, not transient: no retry
                     raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} "
                                           f"{redact_url(url)}: {redact(str(exc))}", 502) from None
@@ -169,6 +170,6 @@ class SourceClient:
                 response.close()
             if attempt + 1 < ATTEMPTS:
                 log.debug("%s; retrying in %.1fs", last, delay)
-                time.sleep(delay)
+                sleep_unless_stopped(delay)
         raise NetworkError(f"cannot reach {self.label} at {host_of(url)}: {last}",
                            hint="check your connection and the source's endpoint in the config")
