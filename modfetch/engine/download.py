@@ -159,6 +159,8 @@ class Downloader:
         db = open_state(self.config.state_db)
         session = make_session(self.config, self.workers)
         try:
+            if req.filename:  # authoritative name: a path the file system cannot hold is refused before any request
+                safe_join(req.dest_dir, req.subdir, sanitize_filename(req.filename))
             present = self._present_without_probe(db, req)
             if present is not None:
                 return present
