@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from ..errors import ModfetchError, UsageError
 from ..progress import ProgressListener
 from ..resolvers.base import ResolvedFile, make_session
 from ..resolvers.registry import resolve
+from ..state import db_failure
 from ..util.redact import redact, redact_url
 
 log = logging.getLogger("modfetch.app")
@@ -90,13 +92,7 @@ def download_uri(config: Config, uri: str, options: DownloadOptions, progress: P
     def run(req: DownloadRequest) -> DownloadResult:
         downloader = Downloader(config, progress=progress(), concurrency=options.concurrency,
                                 chunk_size=options.chunk_size, on_checkpoint=on_checkpoint)
-        try:
-            return downloader.run(req)
-        except ModfetchError:
-            raise
-        except Exception as exc:
-            check_stop()  # request_stop() shut its connections down: the file was stopped, it did not fail
-            raise file_failure(req, exc) from exc
+        return downloader.run(req)
 
     if len(requests_) == 1:
         return [run(requests_[0])]
@@ -106,12 +102,14 @@ def download_uri(config: Config, uri: str, options: DownloadOptions, progress: P
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = [pool.submit(run, r) for r in requests_]
         try:
-            for future in futures:
+            for req, future in zip(requests_, futures, strict=True):
                 try:
                     results.append(future.result())
-                except ModfetchError as exc:  # this file's failure alone: the others go on
-                    log.error("%s", exc.message)
-                    errors.append(exc)
+                except Exception as exc:  # this file's failure alone (whatever it is): the others go on
+                    check_stop()  # request_stop() shut its connections down: the file was stopped, not failed
+                    error = exc if isinstance(exc, ModfetchError) else file_failure(config, req, exc)
+                    log.error("%s", error.message)
+                    errors.append(error)
         except KeyboardInterrupt:
             # Only a real stop (Ctrl-C here, or a file stopped by request_stop()) stops the other files.
             request_stop()
@@ -125,10 +123,12 @@ def download_uri(config: Config, uri: str, options: DownloadOptions, progress: P
     return results
 
 
-def file_failure(req: DownloadRequest, exc: Exception) -> ModfetchError:
+def file_failure(config: Config, req: DownloadRequest, exc: Exception) -> ModfetchError:
     """One clear line for an exception no layer below expected while downloading ``req`` (an OSError from an
-    odd path, a bug): it fails that file only, never the run."""
+    odd path, a state DB error, a bug): it fails that file only, never the run."""
     name = req.filename or req.display_url or redact_url(req.url)
+    if isinstance(exc, sqlite3.DatabaseError):
+        return db_failure(exc, str(config.state_db))
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return ModfetchError(f"cannot download {name}: {exc.strerror or exc}{where}")

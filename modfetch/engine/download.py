@@ -668,8 +668,10 @@ class Downloader:
                 fetch_chunk(ctx, chunk, session, buf)
                 return
             except RetryableError as exc:
-                if ctx.cancel.is_set() or STOP.is_set():
-                    return  # the failure is our own shutdown of the socket (or request_stop()'s)
+                if STOP.is_set():
+                    ctx.cancel.set()  # request_stop() shut the socket down: the chunk is unfinished, not done
+                if ctx.cancel.is_set():
+                    return  # the failure is our own shutdown of the socket
                 attempt += 1
                 # Attempts are counted per chunk and reset whenever an attempt made progress, so a link that
                 # drops every few MB still finishes a 100 GB file.
