@@ -95,7 +95,9 @@ class SlowServer:
         if "probe" in path:
             self.stall()
         elif "stream" in path:
-            self.trickle(h, 200, {"Content-Length": str(SIZE)}, signal_seen=ranged is None)
+            # "nolen": no Content-Length, the body ends when the connection does (a shut-down socket looks so)
+            framing = {"Connection": "close"} if "nolen" in path else {"Content-Length": str(SIZE)}
+            self.trickle(h, 200, framing, signal_seen=ranged is None)
         elif ranged == "bytes=0-0":
             h.send_response(206)
             for name, value in {"Content-Range": f"bytes 0-0/{SIZE}", "Content-Length": "1", "ETag": '"v1"',
@@ -139,6 +141,7 @@ CASES = {
     # mode: (URI template, API stalls?, rows expected afterwards)
     "chunked": ("{url}/file-chunked.bin", False, "interrupted"),
     "single-stream": ("{url}/file-stream.bin", False, "interrupted"),
+    "stream-without-length": ("{url}/file-stream-nolen.bin", False, "interrupted"),
     "probe": ("{url}/file-probe.bin", False, None),
     "api-call": ("hf://acme/model/file.bin", True, None),
 }
@@ -192,6 +195,7 @@ def test_every_blocking_read_stops_within_a_second(mf: Modfetch, tmp_path: Path,
             args = ("--batch", str(jobs))
         code, err, took = _run_and_stop(mf, server, sig, *args)
     _check_stopped(mf, code, err, took, status)
+    assert not list(mf.dest.glob("file-*.bin")), "a stopped download was installed"
     if status == "interrupted":
         assert "rerun" in mf.rows()[0]["error"]  # resumable: the rerun picks it up
 

@@ -215,10 +215,12 @@ def connect_failure(exc: BaseException, url: str) -> RetryableError | None:
             return RetryableError(f"cannot resolve the host name of {host}", unreachable=True)
         if isinstance(err, OSError) and err.errno in _NO_ROUTE_ERRNOS:
             return RetryableError(f"no route to {host} ({err.strerror})", unreachable=True)
-        if isinstance(err, (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError)):
-            # Raised before the body is read (stream=True): no connection within the connect timeout, or a
-            # server that accepted and sent no response headers within the read timeout.  Like a refused
-            # connection this is almost always a dead server, not a blip: the probe gives up after a few tries.
+    for err in _causes(exc):
+        # Raised before the body is read (stream=True): no connection within the connect timeout, or a server
+        # that accepted and sent no response headers within the read timeout.  Like a refused connection this is
+        # almost always a dead server, not a blip: the probe gives up after a few tries.  (urllib3's
+        # NewConnectionError, e.g. a refusal, subclasses ConnectTimeoutError: matched above, not here.)
+        if isinstance(err, urllib3.exceptions.ReadTimeoutError) or type(err) is urllib3.exceptions.ConnectTimeoutError:
             return RetryableError(f"no response from {host} within the timeout", unreachable=True)
     return None
 
