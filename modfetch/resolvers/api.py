@@ -8,6 +8,7 @@ times.  Tokens come from the environment only and are registered for redaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from ..engine.http import (
 )
 from ..engine.interrupt import check_stop, sleep_unless_stopped
 from ..errors import AuthError, HTTPStatusError, NetworkError, UsageError
-from ..util.http import parse_retry_after
+from ..util.http import header_int, parse_retry_after
 from ..util.redact import redact, redact_url, register_token_env
 
 log = logging.getLogger("modfetch.resolvers")
@@ -167,6 +168,11 @@ class SourceClient:
                     return response
                 last = f"HTTP {response.status_code} from {host_of(url)}"
                 delay = min(5.0, parse_retry_after(response.headers.get("Retry-After")) or delay)
+                if (header_int(response.headers.get("Content-Length")) or 1 << 20) <= 64 << 10:
+                    # A short error body is read before closing: closing with unread bytes resets the
+                    # connection (RST), which servers log as an error (the test Hub printed tracebacks).
+                    with contextlib.suppress(Exception):
+                        response.raw.read(64 << 10)
                 response.close()
             if attempt + 1 < ATTEMPTS:
                 log.debug("%s; retrying in %.1fs", last, delay)
