@@ -24,6 +24,7 @@ import yaml
 from ..artifacts import TYPES
 from ..config import Config
 from ..engine.download import POLLING, STOP, DownloadResult, Interrupted, request_stop
+from ..engine.interrupt import check_stop
 from ..errors import ModfetchError, UsageError
 from ..metrics import checkpoint_writer
 from ..paths import expand_path
@@ -238,11 +239,13 @@ def run_batch(config: Config, jobs: list[BatchJob], progress: Callable[[], Progr
                 for index, result in enumerate(outcome.results):
                     reports = outcome.placements[index:index + 1]
                     write_metadata(config, result, reports, apps)
-        except ModfetchError as exc:
-            outcome.error = redact(exc.message)
         except Exception as exc:  # one job's bug or OS error must not stop the others
-            log.debug("job %d failed", job.index, exc_info=exc)
-            outcome.error = redact(f"{type(exc).__name__}: {exc}")
+            check_stop()  # request_stop() shut the job's connections down: stopped, not failed
+            if isinstance(exc, ModfetchError):
+                outcome.error = redact(exc.message)
+            else:
+                log.debug("job %d failed", job.index, exc_info=exc)
+                outcome.error = redact(f"{type(exc).__name__}: {exc}")
         if outcome.error:
             log.error("job %d (%s) failed: %s", job.index, redact_url(job.uri), outcome.error)
         return outcome

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
 from ..engine.download import Downloader, DownloadRequest, DownloadResult, request_stop
+from ..engine.interrupt import check_stop
 from ..errors import ModfetchError, UsageError
 from ..failures import record_failure, settle_success, source_of_uri
 from ..progress import ProgressListener
 from ..resolvers.base import ResolvedFile, make_session
 from ..resolvers.registry import resolve
-from ..state import StateDB, open_state
-from ..util.redact import redact_url
+from ..state import StateDB, db_failure, open_state
+from ..util.redact import redact, redact_url
 from .layout import dest_subdir, library_subdir, previous_location
 
 log = logging.getLogger("modfetch.app")
@@ -135,14 +137,17 @@ def download_uri(config: Config, uri: str, options: DownloadOptions, progress: P
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = [pool.submit(run, r) for r in requests_]
         try:
-            for future in futures:
+            for req, future in zip(requests_, futures, strict=True):
                 try:
                     results.append(future.result())
-                except ModfetchError as exc:
-                    log.error("%s", exc.message)
-                    errors.append(exc)
-        except BaseException:
-            request_stop()  # Ctrl-C: the downloads in pool threads checkpoint and stop too
+                except Exception as exc:  # this file's failure alone (whatever it is): the others go on
+                    check_stop()  # request_stop() shut its connections down: the file was stopped, not failed
+                    error = exc if isinstance(exc, ModfetchError) else file_failure(config, req, exc)
+                    log.error("%s", error.message)
+                    errors.append(error)
+        except KeyboardInterrupt:
+            # Only a real stop (Ctrl-C here, or a file stopped by request_stop()) stops the other files.
+            request_stop()
             for future in futures:
                 future.cancel()
             raise
@@ -151,3 +156,17 @@ def download_uri(config: Config, uri: str, options: DownloadOptions, progress: P
         raise ModfetchError(f"{len(errors)} of {len(requests_)} files failed; first: {first.message}",
                             hint=first.hint)
     return results
+
+
+def file_failure(config: Config, req: DownloadRequest, exc: Exception) -> ModfetchError:
+    """One clear line for an exception no layer below expected while downloading ``req`` (an OSError from an
+    odd path, a state DB error, a bug): it fails that file only, never the run."""
+    name = req.filename or req.display_url or redact_url(req.url)
+    if isinstance(exc, sqlite3.DatabaseError):
+        return db_failure(exc, str(config.state_db))
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return ModfetchError(f"cannot download {name}: {exc.strerror or exc}{where}")
+    log.debug("unexpected error downloading %s", name, exc_info=exc)
+    return ModfetchError(f"cannot download {name}: internal error: {type(exc).__name__}: {redact(str(exc))}",
+                         hint="rerun with --log-level debug for the traceback and report it")

@@ -228,7 +228,14 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
-    cli.main(args=argv, prog_name="modfetch")
+    try:
+        cli.main(args=argv, prog_name="modfetch")
+    finally:
+        if _STOPPING.is_set():
+            # Python restores the default handlers while it shuts down, so a late signal of a burst would kill
+            # the process that just saved its state (exit -2 instead of 130); ignored handlers stay ignored.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -72,6 +72,7 @@ from .files import (
 )
 from .hashing import PrefixHasher, git_blob_sha1, hash_range, range_digest, sha256_file
 from .http import RangesIgnored, RemoteChanged, RetryableError, shutdown_response
+from .interrupt import STOP, Interrupted, request_stop, sleep_unless_stopped
 from .partcopy import copy_into_part
 from .plan import plan_chunks
 from .probe import ProbeResult, probe
@@ -81,8 +82,6 @@ from .stream import fetch_stream
 
 log = logging.getLogger("modfetch.engine")
 CHECKPOINT_SECONDS = 1.0
-# Set by request_stop() (SIGINT/SIGTERM in the CLI): every running download saves its state and stops.
-STOP = threading.Event()
 # Set while the main thread's coordinator polls STOP: the CLI's signal handler then only calls request_stop()
 # instead of raising KeyboardInterrupt there, because an exception raised asynchronously inside
 # concurrent.futures.wait() can leave the futures' locks held, and the workers and the shutdown hang forever.
@@ -142,15 +141,6 @@ class DownloadResult:
     resumed: bool = False
 
 
-class Interrupted(KeyboardInterrupt):
-    """Raised in a download's coordinating thread after request_stop(); state has been saved."""
-
-
-def request_stop() -> None:
-    """Ask every download in this process to checkpoint and stop (used on SIGINT/SIGTERM)."""
-    STOP.set()
-
-
 class Downloader:
     """Runs downloads with the configured concurrency, retry policy and progress listener."""
 
@@ -176,6 +166,8 @@ class Downloader:
         session = make_session(self.config, self.workers)
         dest: Path | None = None
         try:
+            if req.filename:  # authoritative name: a path the file system cannot hold is refused before any request
+                safe_join(req.dest_dir, req.subdir, sanitize_filename(req.filename))
             present = self._present_without_probe(db, req)
             if present is None:
                 info = self._probe(session, req)
@@ -210,8 +202,7 @@ class Downloader:
             self.on_checkpoint()
 
     # -- steps -----------------------------------------------------------------------------------------
-    def _retrying(self, cancel: threading.Event | None = None,
-                  on_retry: Callable[[RetryCallState], None] | None = None,
+    def _retrying(self, on_retry: Callable[[RetryCallState], None] | None = None,
                   unreachable_attempts: int | None = None) -> Retrying:
         cc = self.config.concurrency
         stop: stop_base = stop_after_attempt(cc.max_retries + 1)
@@ -221,7 +212,7 @@ class Downloader:
             stop=stop,
             wait=backoff_wait(cc.backoff_min_ms / 1000, cc.backoff_max_ms / 1000),
             retry=retry_if_exception_type(RetryableError),
-            sleep=(cancel.wait if cancel is not None else time.sleep),  # type: ignore[arg-type]
+            sleep=sleep_unless_stopped,  # a stop request ends the backoff at once (raising Interrupted)
             before_sleep=on_retry,
             reraise=True,
         )
@@ -546,7 +537,6 @@ class Downloader:
                  extra={"download_id": row.id})
         db.replace_chunks(row.id, [])
         self.progress.start(Path(row.dest_path).name, info.size, 0)
-        cancel = threading.Event()
         sent = [0]
         saved = [time.monotonic()]
 
@@ -568,18 +558,18 @@ class Downloader:
             report(-sent[0])
 
         try:
-            return self._stream_with_retries(session, req, info, row, fd, cancel, note, report)
+            return self._stream_with_retries(session, req, info, row, fd, note, report)
         except BaseException:
             with contextlib.suppress(Exception):  # stopped or failed: the row tells what the .part holds
                 db.update_download(row.id, bytes_done=sent[0])
             raise
 
     def _stream_with_retries(self, session: requests.Session, req: DownloadRequest, info: ProbeResult,
-                             row: DownloadRow, fd: int, cancel: threading.Event,
+                             row: DownloadRow, fd: int,
                              note: Callable[[RetryCallState], None], report: Callable[[int], None]
                              ) -> tuple[str, bool]:
         try:
-            for attempt in self._retrying(cancel, note):
+            for attempt in self._retrying(note):
                 with attempt:
                     return fetch_stream(session, info.url, fd=fd, expected_size=info.size,
                                         base_headers=self.base_headers, auth=req.headers,
@@ -803,6 +793,8 @@ class Downloader:
                 fetch_chunk(ctx, chunk, session, buf)
                 return
             except RetryableError as exc:
+                if STOP.is_set():
+                    ctx.cancel.set()  # request_stop() shut the socket down: the chunk is unfinished, not done
                 if ctx.cancel.is_set():
                     return  # the failure is our own shutdown of the socket
                 attempt += 1
@@ -923,4 +915,4 @@ class _RunCounters:
                 log.debug("could not record counters: %s", exc)
 
 
-__all__ = ["DownloadRequest", "DownloadResult", "Downloader", "fsync_dir"]
+__all__ = ["STOP", "DownloadRequest", "DownloadResult", "Downloader", "Interrupted", "fsync_dir", "request_stop"]

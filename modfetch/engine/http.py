@@ -22,6 +22,7 @@ import urllib3.exceptions
 from ..errors import AuthError, HTTPStatusError, NotFoundError, TLSError
 from ..util.http import parse_retry_after
 from ..util.redact import redact, redact_url
+from .interrupt import check_stop, track
 from .origin import connection_origin, may_carry_credentials
 
 MAX_REDIRECTS = 10
@@ -107,6 +108,7 @@ class _GuardedResponse(http.client.HTTPResponse):
             if tracker.last not in (b"\r\n", b"\n"):
                 raise http.client.RemoteDisconnected("connection closed inside the response headers")
         except Exception:
+            check_stop()  # the failure is request_stop() shutting the socket down: a stop, not a network error
             if fired.is_set():
                 raise TimeoutError(f"no complete response headers within {limit:.0f}s") from None
             raise
@@ -119,9 +121,17 @@ class _GuardedResponse(http.client.HTTPResponse):
 class _GuardedHTTPConnection(urllib3.connection.HTTPConnection):
     response_class = _GuardedResponse
 
+    def connect(self) -> None:
+        super().connect()
+        track(self.sock)  # request_stop() can now wake any read on this connection
+
 
 class _GuardedHTTPSConnection(urllib3.connection.HTTPSConnection):
     response_class = _GuardedResponse
+
+    def connect(self) -> None:
+        super().connect()
+        track(self.sock)  # (the TLS socket: set only once the handshake is done)
 
 
 class _GuardedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
@@ -252,7 +262,8 @@ def proxy_failure(exc: BaseException, url: str, session: requests.Session) -> Re
 
 def connect_failure(exc: BaseException, url: str, session: requests.Session | None = None) -> RetryableError | None:
     """A RetryableError marked ``unreachable`` when ``exc`` means no connection could be made (refused, host
-    name not resolvable, no route; through ``session``'s proxy, naming the proxy), else None."""
+    name not resolvable, no route, connect timeout; through ``session``'s proxy, naming the proxy) or the server
+    never answered it (no response headers within the read timeout), else None."""
     if session is not None:
         failed_proxy = proxy_failure(exc, url, session)
         if failed_proxy is not None:
@@ -265,6 +276,13 @@ def connect_failure(exc: BaseException, url: str, session: requests.Session | No
             return RetryableError(f"cannot resolve the host name of {host}", unreachable=True)
         if isinstance(err, OSError) and err.errno in _NO_ROUTE_ERRNOS:
             return RetryableError(f"no route to {host} ({err.strerror})", unreachable=True)
+    for err in _causes(exc):
+        # Raised before the body is read (stream=True): no connection within the connect timeout, or a server
+        # that accepted and sent no response headers within the read timeout.  Like a refused connection this is
+        # almost always a dead server, not a blip: the probe gives up after a few tries.  (urllib3's
+        # NewConnectionError, e.g. a refusal, subclasses ConnectTimeoutError: matched above, not here.)
+        if isinstance(err, urllib3.exceptions.ReadTimeoutError) or type(err) is urllib3.exceptions.ConnectTimeoutError:
+            return RetryableError(f"no response from {host} within the timeout", unreachable=True)
     return None
 
 

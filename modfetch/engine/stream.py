@@ -6,12 +6,14 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import requests
 
 from ..util.http import header_int
 from .fetch import BLOCK, PartTruncated
 from .http import RemoteChanged, RetryableError, check_status, request
+from .interrupt import Interrupted
 from .ratelimit import throttle
 
 
@@ -37,7 +39,7 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
         view = memoryview(buf)
         pos = 0
         os.ftruncate(fd, 0)
-        for block in response.iter_content(BLOCK) if encoded else _raw_blocks(response, view):
+        for block in _unless_stopped(response.iter_content(BLOCK) if encoded else _raw_blocks(response, view), stop):
             n = len(block)
             data = block if isinstance(block, memoryview) else memoryview(block)
             if os.fstat(fd).st_size < pos:  # truncated by another program: writing on would leave a hole
@@ -50,11 +52,25 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
             on_bytes(n)
             throttle(n, stop)  # the process-wide --limit-rate
             if stop is not None and stop.is_set():
-                raise KeyboardInterrupt
+                raise Interrupted()
         if length is not None and pos != length:
             raise RetryableError(f"body ended after {pos} of {length} bytes")
         os.ftruncate(fd, pos)
         return digest.hexdigest()
+
+
+def _unless_stopped(blocks: Iterator[Any], stop: threading.Event | None) -> Iterator[Any]:
+    """``blocks``, raising Interrupted instead of whatever a read raised, or instead of ending, once a stop was
+    requested: request_stop() shuts the socket down, and a shut-down socket reads as a failure or, worse, as a
+    clean end of file, which for a body without a Content-Length would pass for the whole body."""
+    try:
+        yield from blocks
+    except Exception:
+        if stop is not None and stop.is_set():
+            raise Interrupted() from None
+        raise
+    if stop is not None and stop.is_set():
+        raise Interrupted()
 
 
 def _raw_blocks(response: requests.Response, view: memoryview) -> Iterator[memoryview]:

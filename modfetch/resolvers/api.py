@@ -8,10 +8,10 @@ times.  Tokens come from the environment only and are registered for redaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -27,6 +27,7 @@ from ..engine.http import (
     host_of,
     tls_failure,
 )
+from ..engine.interrupt import check_stop, sleep_unless_stopped
 from ..engine.origin import connection_origin
 from ..errors import AuthError, HTTPStatusError, NetworkError, UsageError
 from ..util.http import header_int, parse_retry_after
@@ -183,6 +184,7 @@ class SourceClient:
                 response = self.session.request(method, url, headers=headers, timeout=self.timeout,
                                                 stream=True, allow_redirects=False)
             except requests.RequestException as exc:
+                check_stop()  # request_stop() shut this connection down: a stop, not a network failure
                 if isinstance(exc, requests.exceptions.InvalidHeader):  # malformed, not transient: no retry
                     raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} "
                                           f"{redact_url(url)}: {redact(str(exc))}", 502) from None
@@ -202,9 +204,14 @@ class SourceClient:
                     return response
                 last = f"HTTP {response.status_code} from {host_of(url)}"
                 delay = min(5.0, parse_retry_after(response.headers.get("Retry-After")) or delay)
+                if (header_int(response.headers.get("Content-Length")) or 1 << 20) <= 64 << 10:
+                    # A short error body is read before closing: closing with unread bytes resets the
+                    # connection (RST), which servers log as an error (the test Hub printed tracebacks).
+                    with contextlib.suppress(Exception):
+                        response.raw.read(64 << 10)
                 response.close()
             if attempt + 1 < ATTEMPTS:
                 log.debug("%s; retrying in %.1fs", last, delay)
-                time.sleep(delay)
+                sleep_unless_stopped(delay)
         raise NetworkError(f"cannot reach {self.label} at {host_of(url)}: {last}",
                            hint="check your connection and the source's endpoint in the config")

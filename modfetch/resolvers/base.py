@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import requests
 
 from ..config import Config
+from ..engine.http import GuardedAdapter
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,9 @@ class Resolver(Protocol):
 def make_session(config: Config, pool_size: int = 4) -> requests.Session:
     """A requests Session with modfetch's User-Agent, identity encoding and a pool sized for ``pool_size``."""
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(4, pool_size), max_retries=0)
+    # Guarded connections: response headers within a deadline, and every socket registered so that
+    # request_stop() wakes a read on it (API calls and probes included, see engine.interrupt).
+    adapter = GuardedAdapter(pool_connections=4, pool_maxsize=max(4, pool_size), max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update({"User-Agent": config.network.user_agent, "Accept-Encoding": "identity"})

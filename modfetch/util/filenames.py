@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import shlex
@@ -21,6 +22,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-
 _SHELL_META = re.compile("[$`;|&<>'\"]")
 _MAX_NAME_BYTES = 240  # leaves room for ".part" / ".sha256" within NAME_MAX (255)
 FALLBACK_NAME = "download.bin"
+_SIBLING_SUFFIX = len(".sha256")  # the longest name derived from a target (its .part is shorter)
 
 
 def sanitize_filename(name: str | None, fallback: str = FALLBACK_NAME) -> str:
@@ -106,4 +108,40 @@ def safe_join(root: Path, *relative: str) -> Path:
         raise UsageError(f"cannot use {root}: {getattr(exc, 'strerror', None) or exc}") from None
     if resolved_parent != resolved_root and resolved_root not in resolved_parent.parents:
         raise UsageError(f"refusing to write outside {root}: {target}")
+    check_path_fits(target)
     return target
+
+
+def check_path_fits(path: Path) -> None:
+    """UsageError when ``path`` or its ``.part``/``.sha256`` sibling cannot exist on the file system that will
+    hold it: a component longer than its NAME_MAX or the whole longer than PATH_MAX (in bytes, as the kernel
+    counts).  Checked before any request, so an over-long name in a repo is that file's clear error, not an
+    ENAMETOOLONG from somewhere deep in the download."""
+    try:
+        encoded = os.fsencode(path)
+        parts = [os.fsencode(part) for part in path.parts[1:]]
+    except UnicodeError:
+        raise UsageError(f"cannot save {path!r}: the name is not valid text for this file system") from None
+    anchor = path.parent
+    while not os.path.isdir(anchor) and anchor != anchor.parent:  # the deepest folder that exists already
+        anchor = anchor.parent
+    name_max = _pathconf(anchor, "PC_NAME_MAX", 255)
+    path_max = _pathconf(anchor, "PC_PATH_MAX", 4096)
+    shown = f"{path.name[:60]}..." if len(path.name) > 60 else path.name
+    hint = "choose a shorter --dest (or a job's dest); the source's folder names cannot be changed"
+    if len(encoded) + _SIBLING_SUFFIX >= path_max:  # (PATH_MAX counts the terminating NUL)
+        raise UsageError(f"cannot save {shown}: its path is {len(encoded)} bytes long, and this file system "
+                         f"allows {path_max - 1 - _SIBLING_SUFFIX} (with room for .sha256)", hint=hint)
+    for i, part in enumerate(parts):
+        extra = _SIBLING_SUFFIX if i == len(parts) - 1 else 0
+        if len(part) + extra > name_max:
+            raise UsageError(f"cannot save {shown}: the name {os.fsdecode(part)[:60]!r}... is {len(part)} bytes "
+                             f"long, and this file system allows {name_max - extra} per name", hint=hint)
+
+
+def _pathconf(path: Path, name: str, default: int) -> int:
+    try:
+        value = os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
+    return value if value > 0 else default
