@@ -50,7 +50,7 @@ def test_an_over_long_path_fails_that_file_only(mf: Modfetch, hub: HubLookalike)
     assert done.returncode == 1, done.stderr
     line = assert_clean_error(done.stderr, "1 of 4 files failed", "deep.txt", "bytes long")
     assert "interrupted" not in done.stderr.lower(), line
-    repo = mf.dest / "long"
+    repo = mf.dest
     assert (repo / "a.txt").read_bytes() == FILES["a.txt"]
     assert (repo / "c.txt").read_bytes() == FILES["c.txt"]
     [folder] = [p for p in repo.iterdir() if p.name.startswith("nnn")]
@@ -75,8 +75,8 @@ def test_one_failing_file_never_stops_the_other_batch_jobs(
     whole batch exited 130.  ``blocked``: a regular file ``sub`` sits where the repo needs a folder, which
     fails with an OSError nothing below expected (a class test: not only ENAMETOOLONG)."""
     use_hub(mf, hub)
-    (mf.dest / "blocked").mkdir(parents=True)
-    (mf.dest / "blocked" / "sub").write_bytes(b"the user's own file\n")
+    mf.dest.mkdir(parents=True, exist_ok=True)
+    (mf.dest / "sub").write_bytes(b"the user's own file\n")
     slow = faulty_server(size=8 * MiB, rate=2 * MiB)  # still running when job 0's file fails
     done = mf.run("--quiet", "download", "--batch", str(_batch(mf, tmp_path, [f"hf://acme/{repo}", slow.url])))
     assert done.returncode == 1, done.stderr
@@ -87,10 +87,10 @@ def test_one_failing_file_never_stops_the_other_batch_jobs(
     assert failing, done.stderr
     assert sha256_of(mf.dest / "file.bin") == slow.sha256()  # job 1 finished
     if repo == "long":
-        assert (mf.dest / "long" / "c.txt").read_bytes() == FILES["c.txt"]
+        assert (mf.dest / "c.txt").read_bytes() == FILES["c.txt"]
     else:
-        assert (mf.dest / "blocked" / "ok.txt").read_bytes() == FILES["ok.txt"]
-        assert (mf.dest / "blocked" / "sub").read_bytes() == b"the user's own file\n"  # untouched
+        assert (mf.dest / "ok.txt").read_bytes() == FILES["ok.txt"]
+        assert (mf.dest / "sub").read_bytes() == b"the user's own file\n"  # untouched
     statuses = {Path(r["dest_path"]).name: r["status"] for r in mf.rows()}
     assert statuses["file.bin"] == "complete", statuses
     assert "interrupted" not in statuses.values(), statuses
@@ -98,9 +98,9 @@ def test_one_failing_file_never_stops_the_other_batch_jobs(
 
 def test_an_unexpected_oserror_is_one_clear_line(mf: Modfetch, hub: HubLookalike) -> None:
     use_hub(mf, hub)
-    (mf.dest / "blocked").mkdir(parents=True)
-    (mf.dest / "blocked" / "sub").write_bytes(b"the user's own file\n")
+    mf.dest.mkdir(parents=True, exist_ok=True)
+    (mf.dest / "sub").write_bytes(b"the user's own file\n")
     done = mf.run("--quiet", "download", "--url", "hf://acme/blocked", "--dest", str(mf.dest))
     assert done.returncode == 1, done.stderr
     assert_clean_error(done.stderr, "1 of 2 files failed", "cannot download", "not a directory")
-    assert (mf.dest / "blocked" / "ok.txt").read_bytes() == FILES["ok.txt"]
+    assert (mf.dest / "ok.txt").read_bytes() == FILES["ok.txt"]
