@@ -56,8 +56,12 @@ from ..util.http import strong_etag
 from ..util.redact import redact, redact_url
 from .fetch import BLOCK, DiskWriteError, FetchContext, PartTruncated, fetch_chunk
 from .files import (
+    OwnWrites,
+    PartWritten,
     TargetLock,
     check_part,
+    ensure_space,
+    free_space_margin,
     fsync_dir,
     install_file,
     is_own_sidecar,
@@ -370,11 +374,12 @@ class Downloader:
         counters = _RunCounters()
         ok: bool | None = False  # None: restarting after a remote change, neither success nor failure
         try:
+            writes = OwnWrites(fd)
             chunked = info.size is not None and info.ranges and info.size > 0
             if chunked:
-                sha256, resumed = self._chunked(db, req, info, row, fd, part, expected, counters)
+                sha256, resumed = self._chunked(db, req, info, row, fd, part, expected, counters, writes)
             else:
-                sha256, resumed = self._single_stream(db, session, req, info, row, fd, counters)
+                sha256, resumed = self._single_stream(db, session, req, info, row, fd, counters, writes)
             if expected and sha256 != expected:
                 raise IntegrityError(f"SHA-256 mismatch for {dest.name}: got {sha256}, expected {expected}",
                                      hint="the server sent different bytes than the source published")
@@ -396,7 +401,11 @@ class Downloader:
             # Recorded before the rename: a process killed between the rename and the "complete" write below
             # leaves a row whose hash proves the installed file is this download's, so the rerun adopts it.
             db.update_download(row.id, sha256=sha256)
-            install_file(part, dest, overwrite=req.force or self.config.general.allow_overwrite)
+            # Exactly the planned bytes, and nobody wrote to them since our last write (stat right before the
+            # link): otherwise the hash above is not the hash of the file we would install.
+            planned = info.size if info.size is not None else size
+            install_file(part, dest, overwrite=req.force or self.config.general.allow_overwrite,
+                         check=lambda: writes.check(part, planned))
             write_checksum_file(dest, sha256)
             st = dest.stat()
             elapsed = time.monotonic() - started
@@ -435,12 +444,14 @@ class Downloader:
                 self.on_checkpoint()
 
     def _single_stream(self, db: StateDB, session: requests.Session, req: DownloadRequest, info: ProbeResult,
-                       row: DownloadRow, fd: int, counters: _RunCounters) -> tuple[str, bool]:
+                       row: DownloadRow, fd: int, counters: _RunCounters, writes: OwnWrites) -> tuple[str, bool]:
         """No size or no Range support: one GET from the start; a retry starts over (nothing to resume)."""
         log.info("downloading %s as a single stream (%s)", row.dest_path,
                  "no size" if info.size is None else "server does not support ranges",
                  extra={"download_id": row.id})
         db.replace_chunks(row.id, [])
+        if info.size is not None:
+            ensure_space(fd, info.size, Path(row.part_path), self._margin(fd))
         self.progress.start(Path(row.dest_path).name, info.size, 0)
         cancel = threading.Event()
         sent = [0]
@@ -465,22 +476,44 @@ class Downloader:
                     return fetch_stream(session, info.url, fd=fd, expected_size=info.size,
                                         base_headers=self.base_headers, auth=req.headers,
                                         auth_host=req.auth_host, timeout=self.timeout, on_bytes=report,
-                                        stop=STOP), False
+                                        stop=STOP, writes=writes), False
         except RetryableError as exc:
             raise NetworkError(f"download of {Path(row.dest_path).name} failed after retries: {exc}",
                                hint="rerun the same command to try again") from None
         except PartTruncated:
             raise part_changed(row.part_path, "truncated") from None
+        except PartWritten:
+            raise part_changed(row.part_path, "written to") from None
         except OSError as exc:
+            # A stream has no checkpoint to resume from: give all its space back (never leave the disk full).
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
             raise os_error(exc, "cannot write", row.part_path) from None
         raise AssertionError("unreachable")
 
+    def _margin(self, fd: int) -> int:
+        """Bytes that must stay free on the .part's file system (general.min_free_mb)."""
+        try:
+            return free_space_margin(fd, self.config.general.min_free_mb)
+        except OSError:
+            return 0
+
     def _chunked(self, db: StateDB, req: DownloadRequest, info: ProbeResult, row: DownloadRow, fd: int,
-                 part: Path, expected: str | None, counters: _RunCounters) -> tuple[str, bool]:
+                 part: Path, expected: str | None, counters: _RunCounters, writes: OwnWrites) -> tuple[str, bool]:
         assert info.size is not None
         size = info.size
         on_disk = os.fstat(fd).st_size  # before preallocation: a truncated or recreated .part shows here
+        if on_disk > size:  # bytes past the planned end were never ours: cut them, then verify the rest
+            log.warning("the .part file is longer than the download (%d > %d bytes); cutting it", on_disk, size,
+                        extra={"download_id": row.id})
+            try:
+                os.ftruncate(fd, size)
+            except OSError as exc:
+                raise os_error(exc, "cannot truncate", part) from None
+            on_disk = size
+        ensure_space(fd, size, part, self._margin(fd))
         preallocate(fd, size, part)
+        writes.own_change()
         rows = db.get_chunks(row.id)
         resumed = bool(rows)
         if rows:
@@ -499,9 +532,9 @@ class Downloader:
         log.info("downloading %s: %d bytes in %d chunks over %d connections", Path(row.dest_path).name, size,
                  len(chunks), self.workers, extra={"download_id": row.id, "url": redact_url(req.display_url)})
         self.progress.start(Path(row.dest_path).name, size, done_before)
-        sha256 = self._run_workers(db, req, info, row, fd, chunks, counters, hash_while_downloading=True)
+        sha256 = self._run_workers(db, req, info, row, fd, chunks, counters, writes, hash_while_downloading=True)
         if expected and sha256 != expected:
-            sha256 = self._repair(db, req, info, row, fd, counters, expected, sha256)
+            sha256 = self._repair(db, req, info, row, fd, counters, expected, sha256, writes)
         return sha256, resumed
 
     def _reverify(self, chunks: list[LiveChunk], fd: int, on_disk: int, db: StateDB, download_id: int) -> None:
@@ -540,7 +573,7 @@ class Downloader:
             db.save_chunks(download_id, [c.to_row() for c in chunks])
 
     def _repair(self, db: StateDB, req: DownloadRequest, info: ProbeResult, row: DownloadRow, fd: int,
-                counters: _RunCounters, expected: str, got: str) -> str:
+                counters: _RunCounters, expected: str, got: str, writes: OwnWrites) -> str:
         """Final hash mismatch: find chunks whose bytes changed on disk, fetch only those, hash again."""
         chunks = [LiveChunk.from_row(r) for r in db.get_chunks(row.id)]
         dirty = [c for c in chunks if hash_range(fd, c.start, c.end) != c.sha256]
@@ -555,18 +588,19 @@ class Downloader:
         db.save_chunks(row.id, [c.to_row() for c in chunks])
         for chunk in dirty:
             chunk.status = CHUNK_PENDING
-        self._run_workers(db, req, info, row, fd, chunks, counters, hash_while_downloading=False)
+        self._run_workers(db, req, info, row, fd, chunks, counters, writes, hash_while_downloading=False)
         return hash_range(fd, 0, info.size or 0)
 
     def _run_workers(self, db: StateDB, req: DownloadRequest, info: ProbeResult, row: DownloadRow, fd: int,
-                     chunks: list[LiveChunk], counters: _RunCounters, hash_while_downloading: bool) -> str:
+                     chunks: list[LiveChunk], counters: _RunCounters, writes: OwnWrites,
+                     hash_while_downloading: bool) -> str:
         assert info.size is not None
         scheduler = Scheduler(chunks, steal=self.steal)
         cancel = threading.Event()
         validator = strong_etag(info.etag) or (info.last_modified if info.last_modified else None)
         ctx = FetchContext(url=info.url, size=info.size, fd=fd, base_headers=self.base_headers, auth=req.headers,
                            auth_host=req.auth_host, timeout=self.timeout, etag=info.etag, if_range=validator,
-                           cancel=cancel, last_modified=info.last_modified)
+                           cancel=cancel, last_modified=info.last_modified, writes=writes)
         events: queue.Queue[tuple[str, LiveChunk, BaseException | None]] = queue.Queue()
         hasher = PrefixHasher(fd, info.size, scheduler.available, cancel) if hash_while_downloading else None
         pending = [c for c in chunks if c.status != CHUNK_COMPLETE]
@@ -740,6 +774,8 @@ class Downloader:
             raise failure
         if isinstance(failure, PartTruncated):
             raise part_changed(row.part_path, "truncated") from None
+        if isinstance(failure, PartWritten):
+            raise part_changed(row.part_path, "written to") from None
         if isinstance(failure, DiskWriteError):
             raise os_error(failure.os_error, "cannot write", row.part_path) from None
         if isinstance(failure, ModfetchError):

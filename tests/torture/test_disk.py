@@ -56,7 +56,7 @@ def test_enospc_then_resume_after_space_is_freed(mf: Modfetch, faulty_server: Ca
     full = mf.run(*args)
     assert full.returncode == 1, full.stdout + full.stderr
     line = assert_one_line_error(full.stderr)
-    assert "no space left on device" in line.lower(), line
+    assert "not enough space" in line.lower(), line  # refused before allocating (issue 13)
     assert "free some space" in full.stderr
     row = mf.rows()[0]
     assert row["status"] == "failed" and "space" in (row["error"] or "").lower()
