@@ -74,7 +74,7 @@ from .files import (
 from .hashing import PrefixHasher, git_blob_sha1, hash_range, range_digest, sha256_file
 from .http import RangesIgnored, RemoteChanged, RetryableError, shutdown_response
 from .plan import plan_chunks
-from .probe import ProbeResult, probe
+from .probe import HeadResult, ProbeResult, probe, probe_head
 from .retry import backoff_wait
 from .scheduler import LiveChunk, Scheduler
 from .stream import fetch_stream
@@ -176,7 +176,12 @@ class Downloader:
             present = self._present_without_probe(db, req)
             if present is not None:
                 return present
-            info = self._probe(session, req)
+            head = probe_head(session, req.url, base_headers=self.base_headers, auth=req.headers,
+                              auth_host=req.auth_host, timeout=self.timeout)
+            present = self._present_after_head(db, req, head)
+            if present is not None:
+                return present
+            info = self._probe(session, req, head)
             dest = self._destination(req, info)
             with TargetLock(self.config.data_root / "locks", dest):
                 return self._run_locked(db, session, req, info, dest, started)
@@ -201,7 +206,7 @@ class Downloader:
             reraise=True,
         )
 
-    def _probe(self, session: requests.Session, req: DownloadRequest) -> ProbeResult:
+    def _probe(self, session: requests.Session, req: DownloadRequest, head: HeadResult | None = None) -> ProbeResult:
         def note(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.warning("probe failed (%s); retry %d", exc, state.attempt_number,
@@ -211,7 +216,7 @@ class Downloader:
             for attempt in self._retrying(on_retry=note, unreachable_attempts=UNREACHABLE_PROBE_ATTEMPTS):
                 with attempt:
                     return probe(session, req.url, base_headers=self.base_headers, auth=req.headers,
-                                 auth_host=req.auth_host, timeout=self.timeout)
+                                 auth_host=req.auth_host, timeout=self.timeout, head=head)
         except RetryableError as exc:
             raise NetworkError(f"cannot reach {redact_url(req.display_url or req.url)}: {exc}",
                                hint="check the URL and your connection; rerun to try again") from None
@@ -245,8 +250,17 @@ class Downloader:
                     db.update_download(row.id, status=FAILED, error="remote file kept changing")
                     raise RemoteChangedError(f"the remote file kept changing while downloading {dest.name}",
                                              hint="try again later") from None
-                info = self._probe(session, req)
-                if isinstance(change, RangesIgnored):
+                previous, info = info, self._probe(session, req)
+                if isinstance(change, RangesIgnored) and _date_if_range(previous):
+                    # The 200 answered our If-Range date, not the Range: the server's validators were weak.
+                    strong = strong_etag(info.etag) is not None
+                    log.warning("server answered If-Range %s with the whole file: its validators are weak (a file "
+                                "modified within the last second?), its Range support is fine; continuing in "
+                                "parallel %s", previous.last_modified,
+                                "with its now strong ETag" if strong else "checking every response's validators",
+                                extra={"download_id": row.id})
+                    info = dataclasses.replace(info, date_if_range=strong)
+                elif isinstance(change, RangesIgnored):
                     log.warning("%s; restarting as one stream", change, extra={"download_id": row.id})
                     info = dataclasses.replace(info, ranges=False)
                 else:
@@ -276,6 +290,31 @@ class Downloader:
             unprobed = ProbeResult(url=req.url, size=None, ranges=False, etag=None, last_modified=None,
                                    filename=None)
             return self._already_present(db, row, req, unprobed, dest, expected)
+
+    def _present_after_head(self, db: StateDB, req: DownloadRequest, head: HeadResult) -> DownloadResult | None:
+        """A rerun of a completed download whose HEAD still shows the same entity (size and a strong ETag, or
+        Last-Modified when there is no ETag) needs no body request: for a server without Range support the
+        probe's GET would otherwise start sending the whole file again.  Anything else takes the normal path."""
+        validator = strong_etag(head.etag) or (None if head.etag else head.last_modified)
+        name = req.filename or head.filename or filename_from_url(head.url) or filename_from_url(req.url)
+        if head.size is None or validator is None or not name:
+            return None
+        try:
+            dest = safe_join(req.dest_dir, req.subdir, sanitize_filename(name))
+        except ModfetchError:
+            return None  # the normal path reports it
+        row = db.find_by_dest(str(dest))
+        if (row is None or row.status != COMPLETE or not row.sha256 or row.size != head.size
+                or row.url != redact_url(req.display_url or req.url)
+                or validator != (row.etag if head.etag else row.last_modified)):
+            return None
+        expected = req.expected_sha256.lower() if req.expected_sha256 else None
+        with TargetLock(self.config.data_root / "locks", dest):
+            known = ProbeResult(url=head.url, size=head.size, ranges=False, etag=head.etag,
+                                last_modified=head.last_modified, filename=head.filename)
+            if not dest.is_file():
+                return None
+            return self._already_present(db, row, req, known, dest, expected)
 
     def _already_present(self, db: StateDB, row: DownloadRow | None, req: DownloadRequest, info: ProbeResult,
                          dest: Path, expected: str | None) -> DownloadResult | None:
@@ -597,7 +636,7 @@ class Downloader:
         assert info.size is not None
         scheduler = Scheduler(chunks, steal=self.steal)
         cancel = threading.Event()
-        validator = strong_etag(info.etag) or (info.last_modified if info.last_modified else None)
+        validator = strong_etag(info.etag) or (info.last_modified if _date_if_range(info) else None)
         ctx = FetchContext(url=info.url, size=info.size, fd=fd, base_headers=self.base_headers, auth=req.headers,
                            auth_host=req.auth_host, timeout=self.timeout, etag=info.etag, if_range=validator,
                            cancel=cancel, last_modified=info.last_modified, writes=writes)
@@ -783,6 +822,11 @@ class Downloader:
         if isinstance(failure, OSError):
             raise os_error(failure, "cannot write", row.part_path) from None
         raise failure
+
+
+def _date_if_range(info: ProbeResult) -> bool:
+    """True when chunk requests carry ``If-Range: <Last-Modified>`` (no strong ETag to send instead)."""
+    return strong_etag(info.etag) is None and bool(info.last_modified) and info.date_if_range
 
 
 def _fsync_quietly(fd: int) -> None:
