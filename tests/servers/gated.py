@@ -147,7 +147,7 @@ class GatedServer:
                 try:
                     while pos < end:
                         stop = min(end, pos + PIECE)
-                        gate = server.gate_at
+                        gate = server.gate_at if seen.range != "bytes=0-0" else None  # never the probe
                         if gate is not None and pos <= gate < stop and not server.gate.is_set():
                             if pos < gate:
                                 self.wfile.write(server.content[pos:gate])
