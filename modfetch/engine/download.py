@@ -527,7 +527,10 @@ class Downloader:
             # A stream has no checkpoint to resume from: give all its space back (never leave the disk full).
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
-            raise os_error(exc, "cannot write", row.part_path) from None
+            error = os_error(exc, "cannot write", row.part_path)
+            if error.hint and "resumes" in error.hint:
+                error.hint = "free some space and rerun the same command (this server cannot resume: it starts over)"
+            raise error from None
         raise AssertionError("unreachable")
 
     def _margin(self, fd: int) -> int:

@@ -184,7 +184,8 @@ class OwnWrites:
     Writes go through ``pwrite`` here, one at a time: the stamp is taken right after each and compared right
     before the next, so any write by another program in between (an append, an in-place overwrite of bytes
     already hashed, a writer that restores the mtime: ctime still moves) is noticed, and the final ``check``
-    proves the file to install is byte for byte what was written and hashed.  No extra read pass."""
+    proves the file to install is byte for byte what was written and hashed.  No extra read pass.  ``check``
+    only stats the path, so it also works after ``fd`` was closed."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
