@@ -48,6 +48,8 @@ class GeneralConfig:
     data_root: str = _path_field("")  # empty: $XDG_DATA_HOME/modfetch, resolved when used (not at import)
     allow_overwrite: bool = False
     metadata: bool = False  # --metadata by default: CivitAI sidecars (<stem>.civitai.info, <stem>.preview.png)
+    # Space that must stay free after a download is allocated; unset (-1): 1% of the file system, at most 1 GiB.
+    min_free_mb: int = _bounded(-1, 0, 1 << 24)
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,12 @@ from ..util.redact import redact, redact_url
 from . import ratelimit
 from .fetch import BLOCK, DiskWriteError, FetchContext, PartTruncated, fetch_chunk
 from .files import (
+    OwnWrites,
+    PartWritten,
     TargetLock,
     check_part,
+    ensure_space,
+    free_space_margin,
     fsync_dir,
     install_file,
     is_own_sidecar,
@@ -75,7 +79,7 @@ from .http import RangesIgnored, RemoteChanged, RetryableError, shutdown_respons
 from .interrupt import STOP, Interrupted, request_stop, sleep_unless_stopped
 from .partcopy import copy_into_part
 from .plan import plan_chunks
-from .probe import ProbeResult, probe
+from .probe import HeadResult, ProbeResult, probe, probe_head
 from .retry import backoff_wait
 from .scheduler import LiveChunk, Scheduler
 from .stream import fetch_stream
@@ -170,10 +174,14 @@ class Downloader:
                 safe_join(req.dest_dir, req.subdir, sanitize_filename(req.filename))
             present = self._present_without_probe(db, req)
             if present is None:
-                info = self._probe(session, req)
-                dest = self._destination(req, info)
-                with TargetLock(self.config.data_root / "locks", dest):
-                    present = self._run_locked(db, session, req, info, dest, started)
+                head = probe_head(session, req.url, base_headers=self.base_headers, auth=req.headers,
+                                  auth_host=req.auth_host, timeout=self.timeout)
+                present = self._present_after_head(db, req, head)
+                if present is None:
+                    info = self._probe(session, req, head)
+                    dest = self._destination(req, info)
+                    with TargetLock(self.config.data_root / "locks", dest):
+                        present = self._run_locked(db, session, req, info, dest, started)
             settle_success(db, present.download_id, redact_url(req.display_url or req.url))
             return present
         except KeyboardInterrupt:
@@ -217,7 +225,7 @@ class Downloader:
             reraise=True,
         )
 
-    def _probe(self, session: requests.Session, req: DownloadRequest) -> ProbeResult:
+    def _probe(self, session: requests.Session, req: DownloadRequest, head: HeadResult | None = None) -> ProbeResult:
         def note(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.warning("probe failed (%s); retry %d", exc, state.attempt_number,
@@ -227,7 +235,7 @@ class Downloader:
             for attempt in self._retrying(on_retry=note, unreachable_attempts=UNREACHABLE_PROBE_ATTEMPTS):
                 with attempt:
                     return probe(session, req.url, base_headers=self.base_headers, auth=req.headers,
-                                 auth_host=req.auth_host, timeout=self.timeout)
+                                 auth_host=req.auth_host, timeout=self.timeout, head=head)
         except RetryableError as exc:
             raise NetworkError(f"cannot reach {redact_url(req.display_url or req.url)}: {exc}",
                                hint="check the URL and your connection; rerun to try again") from None
@@ -264,8 +272,17 @@ class Downloader:
                     db.update_download(row.id, status=FAILED, error="remote file kept changing")
                     raise RemoteChangedError(f"the remote file kept changing while downloading {dest.name}",
                                              hint="try again later") from None
-                info = self._probe(session, req)
-                if isinstance(change, RangesIgnored):
+                previous, info = info, self._probe(session, req)
+                if isinstance(change, RangesIgnored) and _date_if_range(previous):
+                    # The 200 answered our If-Range date, not the Range: the server's validators were weak.
+                    strong = strong_etag(info.etag) is not None
+                    log.warning("server answered If-Range %s with the whole file: its validators are weak (a file "
+                                "modified within the last second?), its Range support is fine; continuing in "
+                                "parallel %s", previous.last_modified,
+                                "with its now strong ETag" if strong else "checking every response's validators",
+                                extra={"download_id": row.id})
+                    info = dataclasses.replace(info, date_if_range=strong)
+                elif isinstance(change, RangesIgnored):
                     log.warning("%s; restarting as one stream", change, extra={"download_id": row.id})
                     info = dataclasses.replace(info, ranges=False)
                 else:
@@ -295,6 +312,31 @@ class Downloader:
             unprobed = ProbeResult(url=req.url, size=None, ranges=False, etag=None, last_modified=None,
                                    filename=None)
             return self._already_present(db, row, req, unprobed, dest, expected)
+
+    def _present_after_head(self, db: StateDB, req: DownloadRequest, head: HeadResult) -> DownloadResult | None:
+        """A rerun of a completed download whose HEAD still shows the same entity (size and a strong ETag, or
+        Last-Modified when there is no ETag) needs no body request: for a server without Range support the
+        probe's GET would otherwise start sending the whole file again.  Anything else takes the normal path."""
+        validator = strong_etag(head.etag) or (None if head.etag else head.last_modified)
+        name = req.filename or head.filename or filename_from_url(head.url) or filename_from_url(req.url)
+        if head.size is None or validator is None or not name:
+            return None
+        try:
+            dest = safe_join(req.dest_dir, req.subdir, sanitize_filename(name))
+        except ModfetchError:
+            return None  # the normal path reports it
+        row = db.find_by_dest(str(dest))
+        if (row is None or row.status != COMPLETE or not row.sha256 or row.size != head.size
+                or row.url != redact_url(req.display_url or req.url)
+                or validator != (row.etag if head.etag else row.last_modified)):
+            return None
+        expected = req.expected_sha256.lower() if req.expected_sha256 else None
+        with TargetLock(self.config.data_root / "locks", dest):
+            known = ProbeResult(url=head.url, size=head.size, ranges=False, etag=head.etag,
+                                last_modified=head.last_modified, filename=head.filename)
+            if not dest.is_file():
+                return None
+            return self._already_present(db, row, req, known, dest, expected)
 
     def _already_present(self, db: StateDB, row: DownloadRow | None, req: DownloadRequest, info: ProbeResult,
                          dest: Path, expected: str | None) -> DownloadResult | None:
@@ -464,11 +506,12 @@ class Downloader:
         counters = _RunCounters()
         ok: bool | None = False  # None: restarting after a remote change, neither success nor failure
         try:
+            writes = OwnWrites(fd)
             chunked = info.size is not None and info.ranges and info.size > 0
             if chunked:
-                sha256, resumed = self._chunked(db, req, info, row, fd, part, expected, counters)
+                sha256, resumed = self._chunked(db, req, info, row, fd, part, expected, counters, writes)
             else:
-                sha256, resumed = self._single_stream(db, session, req, info, row, fd, counters)
+                sha256, resumed = self._single_stream(db, session, req, info, row, fd, counters, writes)
             if expected and sha256 != expected:
                 raise IntegrityError(f"SHA-256 mismatch for {dest.name}: got {sha256}, expected {expected}",
                                      hint="the server sent different bytes than the source published")
@@ -490,7 +533,11 @@ class Downloader:
             # Recorded before the rename: a process killed between the rename and the "complete" write below
             # leaves a row whose hash proves the installed file is this download's, so the rerun adopts it.
             db.update_download(row.id, sha256=sha256)
-            install_file(part, dest, overwrite=req.force or self.config.general.allow_overwrite)
+            # Exactly the planned bytes, and nobody wrote to them since our last write (stat right before the
+            # link): otherwise the hash above is not the hash of the file we would install.
+            planned = info.size if info.size is not None else size
+            install_file(part, dest, overwrite=req.force or self.config.general.allow_overwrite,
+                         check=lambda: writes.check(part, planned))
             write_checksum_file(dest, sha256)
             st = dest.stat()
             elapsed = time.monotonic() - started
@@ -530,12 +577,14 @@ class Downloader:
                 self.on_checkpoint()
 
     def _single_stream(self, db: StateDB, session: requests.Session, req: DownloadRequest, info: ProbeResult,
-                       row: DownloadRow, fd: int, counters: _RunCounters) -> tuple[str, bool]:
+                       row: DownloadRow, fd: int, counters: _RunCounters, writes: OwnWrites) -> tuple[str, bool]:
         """No size or no Range support: one GET from the start; a retry starts over (nothing to resume)."""
         log.info("downloading %s as a single stream (%s)", row.dest_path,
                  "no size" if info.size is None else "server does not support ranges",
                  extra={"download_id": row.id})
         db.replace_chunks(row.id, [])
+        if info.size is not None:
+            ensure_space(fd, info.size, Path(row.part_path), self._margin(fd))
         self.progress.start(Path(row.dest_path).name, info.size, 0)
         sent = [0]
         saved = [time.monotonic()]
@@ -558,14 +607,14 @@ class Downloader:
             report(-sent[0])
 
         try:
-            return self._stream_with_retries(session, req, info, row, fd, note, report)
+            return self._stream_with_retries(session, req, info, row, fd, writes, note, report)
         except BaseException:
             with contextlib.suppress(Exception):  # stopped or failed: the row tells what the .part holds
                 db.update_download(row.id, bytes_done=sent[0])
             raise
 
     def _stream_with_retries(self, session: requests.Session, req: DownloadRequest, info: ProbeResult,
-                             row: DownloadRow, fd: int,
+                             row: DownloadRow, fd: int, writes: OwnWrites,
                              note: Callable[[RetryCallState], None], report: Callable[[int], None]
                              ) -> tuple[str, bool]:
         try:
@@ -574,22 +623,47 @@ class Downloader:
                     return fetch_stream(session, info.url, fd=fd, expected_size=info.size,
                                         base_headers=self.base_headers, auth=req.headers,
                                         auth_host=req.auth_host, timeout=self.timeout, on_bytes=report,
-                                        stop=STOP), False
+                                        stop=STOP, writes=writes), False
         except RetryableError as exc:
             raise NetworkError(f"download of {Path(row.dest_path).name} failed after retries: {exc}",
                                hint="rerun the same command to try again") from None
         except PartTruncated:
             raise part_changed(row.part_path, "truncated") from None
+        except PartWritten:
+            raise part_changed(row.part_path, "written to") from None
         except OSError as exc:
-            raise os_error(exc, "cannot write", row.part_path) from None
+            # A stream has no checkpoint to resume from: give all its space back (never leave the disk full).
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            error = os_error(exc, "cannot write", row.part_path)
+            if error.hint and "resumes" in error.hint:
+                error.hint = "free some space and rerun the same command (this server cannot resume: it starts over)"
+            raise error from None
         raise AssertionError("unreachable")
 
+    def _margin(self, fd: int) -> int:
+        """Bytes that must stay free on the .part's file system (general.min_free_mb)."""
+        try:
+            return free_space_margin(fd, self.config.general.min_free_mb)
+        except OSError:
+            return 0
+
     def _chunked(self, db: StateDB, req: DownloadRequest, info: ProbeResult, row: DownloadRow, fd: int,
-                 part: Path, expected: str | None, counters: _RunCounters) -> tuple[str, bool]:
+                 part: Path, expected: str | None, counters: _RunCounters, writes: OwnWrites) -> tuple[str, bool]:
         assert info.size is not None
         size = info.size
         on_disk = os.fstat(fd).st_size  # before preallocation: a truncated or recreated .part shows here
+        if on_disk > size:  # bytes past the planned end were never ours: cut them, then verify the rest
+            log.warning("the .part file is longer than the download (%d > %d bytes); cutting it", on_disk, size,
+                        extra={"download_id": row.id})
+            try:
+                os.ftruncate(fd, size)
+            except OSError as exc:
+                raise os_error(exc, "cannot truncate", part) from None
+            on_disk = size
+        ensure_space(fd, size, part, self._margin(fd))
         preallocate(fd, size, part)
+        writes.own_change()
         rows = db.get_chunks(row.id)
         resumed = bool(rows)
         if rows:
@@ -608,9 +682,9 @@ class Downloader:
         log.info("downloading %s: %d bytes in %d chunks over %d connections", Path(row.dest_path).name, size,
                  len(chunks), self.workers, extra={"download_id": row.id, "url": redact_url(req.display_url)})
         self.progress.start(Path(row.dest_path).name, size, done_before)
-        sha256 = self._run_workers(db, req, info, row, fd, chunks, counters, hash_while_downloading=True)
+        sha256 = self._run_workers(db, req, info, row, fd, chunks, counters, writes, hash_while_downloading=True)
         if expected and sha256 != expected:
-            sha256 = self._repair(db, req, info, row, fd, counters, expected, sha256)
+            sha256 = self._repair(db, req, info, row, fd, counters, expected, sha256, writes)
         return sha256, resumed
 
     def _reverify(self, chunks: list[LiveChunk], fd: int, on_disk: int, db: StateDB, download_id: int) -> None:
@@ -655,7 +729,7 @@ class Downloader:
             db.save_chunks(download_id, [c.to_row() for c in chunks])
 
     def _repair(self, db: StateDB, req: DownloadRequest, info: ProbeResult, row: DownloadRow, fd: int,
-                counters: _RunCounters, expected: str, got: str) -> str:
+                counters: _RunCounters, expected: str, got: str, writes: OwnWrites) -> str:
         """Final hash mismatch: find chunks whose bytes changed on disk, fetch only those, hash again."""
         chunks = [LiveChunk.from_row(r) for r in db.get_chunks(row.id)]
         dirty = [c for c in chunks if hash_range(fd, c.start, c.end) != c.sha256]
@@ -670,18 +744,19 @@ class Downloader:
         db.save_chunks(row.id, [c.to_row() for c in chunks])
         for chunk in dirty:
             chunk.status = CHUNK_PENDING
-        self._run_workers(db, req, info, row, fd, chunks, counters, hash_while_downloading=False)
+        self._run_workers(db, req, info, row, fd, chunks, counters, writes, hash_while_downloading=False)
         return hash_range(fd, 0, info.size or 0)
 
     def _run_workers(self, db: StateDB, req: DownloadRequest, info: ProbeResult, row: DownloadRow, fd: int,
-                     chunks: list[LiveChunk], counters: _RunCounters, hash_while_downloading: bool) -> str:
+                     chunks: list[LiveChunk], counters: _RunCounters, writes: OwnWrites,
+                     hash_while_downloading: bool) -> str:
         assert info.size is not None
         scheduler = Scheduler(chunks, steal=self.steal)
         cancel = threading.Event()
-        validator = strong_etag(info.etag) or (info.last_modified if info.last_modified else None)
+        validator = strong_etag(info.etag) or (info.last_modified if _date_if_range(info) else None)
         ctx = FetchContext(url=info.url, size=info.size, fd=fd, base_headers=self.base_headers, auth=req.headers,
                            auth_host=req.auth_host, timeout=self.timeout, etag=info.etag, if_range=validator,
-                           cancel=cancel, last_modified=info.last_modified)
+                           cancel=cancel, last_modified=info.last_modified, writes=writes)
         events: queue.Queue[tuple[str, LiveChunk, BaseException | None]] = queue.Queue()
         hasher = PrefixHasher(fd, info.size, scheduler.available, cancel) if hash_while_downloading else None
         pending = [c for c in chunks if c.status != CHUNK_COMPLETE]
@@ -857,6 +932,8 @@ class Downloader:
             raise failure
         if isinstance(failure, PartTruncated):
             raise part_changed(row.part_path, "truncated") from None
+        if isinstance(failure, PartWritten):
+            raise part_changed(row.part_path, "written to") from None
         if isinstance(failure, DiskWriteError):
             raise os_error(failure.os_error, "cannot write", row.part_path) from None
         if isinstance(failure, ModfetchError):
@@ -864,6 +941,11 @@ class Downloader:
         if isinstance(failure, OSError):
             raise os_error(failure, "cannot write", row.part_path) from None
         raise failure
+
+
+def _date_if_range(info: ProbeResult) -> bool:
+    """True when chunk requests carry ``If-Range: <Last-Modified>`` (no strong ETag to send instead)."""
+    return strong_etag(info.etag) is None and bool(info.last_modified) and info.date_if_range
 
 
 def _fsync_quietly(fd: int) -> None:

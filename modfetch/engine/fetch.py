@@ -20,6 +20,7 @@ import requests
 
 from ..errors import ProtocolViolation
 from ..util.http import etag_value, header_int, parse_content_range, parse_unsatisfied_range
+from .files import OwnWrites
 from .http import RangesIgnored, RemoteChanged, RetryableError, check_status, request
 from .ratelimit import throttle
 from .scheduler import LiveChunk
@@ -46,6 +47,8 @@ class FetchContext:
     last_modified: str | None = None
     # Per-thread slots for the stall watchdog: thread id -> (response, time of last progress).
     active: dict[int, tuple[requests.Response, float]] = field(default_factory=dict)
+    # modfetch's own writes to the .part, so a write by anyone else in between is noticed (engine/files.py).
+    writes: OwnWrites | None = None
 
 
 class FatalChunkError(Exception):
@@ -65,10 +68,13 @@ class PartTruncated(Exception):
     gone.  Never retried (this write would re-extend the file with a hole); surfaced as a DiskError."""
 
 
-def _pwrite_all(fd: int, view: memoryview, offset: int, size: int) -> None:
+def _pwrite_all(fd: int, view: memoryview, offset: int, size: int, writes: OwnWrites | None = None) -> None:
     try:
         if os.fstat(fd).st_size < size:
             raise PartTruncated()
+        if writes is not None:
+            writes.pwrite(view, offset)
+            return
         while view:
             written = os.pwrite(fd, view, offset)
             view = view[written:]
@@ -220,7 +226,7 @@ def _stream_into(ctx: FetchContext, chunk: LiveChunk, response: requests.Respons
                     n = max(0, stop)
                 if n:
                     block = view[:n]
-                    _pwrite_all(ctx.fd, block, pos, ctx.size)
+                    _pwrite_all(ctx.fd, block, pos, ctx.size, ctx.writes)
                     hasher.update(block)
                     chunk.done += n
                     chunk.prefix = (chunk.done, hasher.copy())  # a consistent pair for the checkpoint

@@ -10,10 +10,14 @@ import os
 import re
 import secrets
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DiskError, LockedError, TargetExistsError
+from ..util.sizes import human_size
+
+GiB = 1 << 30
 
 
 def os_error(exc: OSError, action: str, path: str | os.PathLike[str]) -> DiskError:
@@ -129,9 +133,40 @@ def part_changed(part: str | os.PathLike[str], what: str) -> DiskError:
                      hint="rerun the same command: bytes still on disk are checked again, the rest is fetched")
 
 
-def preallocate(fd: int, size: int, path: Path) -> None:
-    """Reserve ``size`` bytes (fallocate; truncate where unsupported) so ENOSPC surfaces before any transfer."""
+def free_space_margin(fd: int, setting_mb: int) -> int:
+    """Bytes to keep free on ``fd``'s file system: ``setting_mb`` MiB, or when negative (unset) 1% of the file
+    system, at most 1 GiB (a full disk breaks logs, databases and the desktop, not just this download)."""
+    if setting_mb >= 0:
+        return setting_mb << 20
+    vfs = os.fstatvfs(fd)
+    return min(vfs.f_blocks * vfs.f_frsize // 100, GiB)
+
+
+def ensure_space(fd: int, size: int, path: Path, margin: int) -> None:
+    """Refuse, before anything is allocated or fetched, a ``size``-byte file the file system cannot hold while
+    keeping ``margin`` bytes free.  Blocks the ``.part`` already holds count as its own (a resume of a
+    preallocated file needs nothing more)."""
     try:
+        allocated = os.fstat(fd).st_blocks * 512
+        vfs = os.fstatvfs(fd)
+    except OSError as exc:
+        raise os_error(exc, "cannot check free space for", path) from None
+    needed = max(0, size - allocated)
+    free = vfs.f_bavail * vfs.f_frsize
+    if needed and needed + margin > free:
+        name = path.name.removesuffix(".part")
+        raise DiskError(f"not enough space for {name}: it needs {human_size(needed)} more, "
+                        f"{human_size(free)} is free and {human_size(margin)} must stay free",
+                        hint="free some space (or lower general.min_free_mb) and rerun the same command")
+
+
+def preallocate(fd: int, size: int, path: Path) -> None:
+    """Reserve ``size`` bytes (fallocate; truncate where unsupported) so ENOSPC surfaces before any transfer.
+
+    A failed allocation gives its blocks back (the file is cut to the size it had): ext4 allocates every free
+    block before it reports ENOSPC, and the disk must not stay full."""
+    try:
+        before = os.fstat(fd).st_size
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:
         if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
@@ -141,7 +176,76 @@ def preallocate(fd: int, size: int, path: Path) -> None:
             except OSError as inner:
                 raise os_error(inner, "cannot allocate", path) from None
             return
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, before)  # frees the blocks the failed call took past the old end
         raise os_error(exc, f"cannot allocate {size} bytes for", path) from None
+
+
+class PartWritten(Exception):
+    """Someone else wrote to (or changed) the ``.part`` between two of modfetch's own writes."""
+
+
+class OwnWrites:
+    """The ``.part``'s stamp (inode, size, mtime, ctime) as modfetch's own last write left it.
+
+    Writes go through ``pwrite`` here, one at a time: the stamp is taken right after each and compared right
+    before the next, so any write by another program in between (an append, an in-place overwrite of bytes
+    already hashed, a writer that restores the mtime: ctime still moves) is noticed, and the final ``check``
+    proves the file to install is byte for byte what was written and hashed.  No extra read pass.  ``check``
+    only stats the path, so it also works after ``fd`` was closed."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+        st = os.fstat(fd)
+        self.dev = st.st_dev
+        self.stamp = _stamp(st)
+
+    def own_change(self) -> None:
+        """Record a change modfetch itself just made (preallocation, truncation)."""
+        with self.lock:
+            self.stamp = _stamp(os.fstat(self.fd))
+
+    def truncate(self, size: int) -> None:
+        """Cut the file to ``size`` (an own write: refused like one when the file changed since our last)."""
+        with self.lock:
+            if _stamp(os.fstat(self.fd)) != self.stamp:
+                raise PartWritten()
+            os.ftruncate(self.fd, size)
+            self.stamp = _stamp(os.fstat(self.fd))
+
+    def pwrite(self, data: memoryview, offset: int) -> int:
+        """Write all of ``data`` at ``offset``; raises PartWritten when the file changed since our last write
+        (OSError from the write propagates).  Returns the offset after the data."""
+        with self.lock:
+            if _stamp(os.fstat(self.fd)) != self.stamp:
+                raise PartWritten()
+            try:
+                while data:
+                    written = os.pwrite(self.fd, data, offset)
+                    offset += written
+                    data = data[written:]
+            finally:
+                self.stamp = _stamp(os.fstat(self.fd))
+        return offset
+
+    def check(self, part: Path, size: int | None) -> None:
+        """Raise DiskError unless ``part`` is the file we wrote, exactly ``size`` bytes (when known), unchanged
+        since our last write."""
+        try:
+            st = os.lstat(part)
+        except OSError:
+            raise part_changed(part, "removed or replaced") from None
+        if (st.st_dev, st.st_ino) != (self.dev, self.stamp[0]):
+            raise part_changed(part, "removed or replaced")
+        if size is not None and st.st_size != size:
+            raise part_changed(part, f"resized to {st.st_size} bytes (expected {size})")
+        if _stamp(st) != self.stamp:
+            raise part_changed(part, "written to")
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def fsync_dir(path: Path) -> None:
@@ -158,8 +262,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def install_file(part: Path, final: Path, overwrite: bool) -> None:
-    """Move ``part`` to ``final`` atomically; without ``overwrite`` an existing file is never replaced."""
+def install_file(part: Path, final: Path, overwrite: bool, check: Callable[[], None] | None = None) -> None:
+    """Move ``part`` to ``final`` atomically; without ``overwrite`` an existing file is never replaced.
+    ``check`` runs right before the move (the last moment to refuse a ``.part`` someone changed)."""
+    if check is not None:
+        check()
     try:
         if overwrite:
             os.replace(part, final)

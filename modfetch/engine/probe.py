@@ -35,36 +35,57 @@ class ProbeResult:
     etag: str | None
     last_modified: str | None
     filename: str | None          # from Content-Disposition, unsanitised
+    # False after a date If-Range got the whole file (weak validators, e.g. Apache within a second of a change):
+    # chunks then go without If-Range, each response's ETag / Last-Modified still checked (engine/fetch.py).
+    date_if_range: bool = True
 
 
 def _int(value: str | None) -> int | None:
     return header_int(value)  # ASCII digits up to MAX_SIZE only: a 10^30 "size" is a malformed header
 
 
-def probe(session: requests.Session, url: str, *, base_headers: Mapping[str, str], auth: Mapping[str, str],
-          auth_host: str | None, timeout: tuple[float, float]) -> ProbeResult:
-    """Probe ``url``; raises RetryableError for transient failures and ModfetchError subclasses for final ones."""
-    head_size: int | None = None
-    head_etag = head_modified = head_name = None
+@dataclass(frozen=True)
+class HeadResult:
+    """What a HEAD said (all None when it failed or was refused)."""
+
+    url: str
+    size: int | None
+    etag: str | None
+    last_modified: str | None
+    filename: str | None
+
+
+def probe_head(session: requests.Session, url: str, *, base_headers: Mapping[str, str], auth: Mapping[str, str],
+               auth_host: str | None, timeout: tuple[float, float]) -> HeadResult:
+    """HEAD ``url``: size, validators and file name of a 200; empty for a failure or another status (404/410
+    raise HTTPStatusError).  Sends no body request."""
+    empty = HeadResult(url, None, None, None, None)
     try:
         response, final = request(session, "HEAD", url, base_headers=base_headers, auth=auth,
                                   auth_host=auth_host, timeout=timeout, stream=False)
     except RetryableError as exc:
         log.debug("HEAD failed (%s); probing with GET", exc)
-    else:
-        response.close()
-        if response.status_code == 200:
-            if response.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
-                head_size = None
-            else:
-                head_size = _int(response.headers.get("Content-Length"))
-            head_etag = response.headers.get("ETag")
-            head_modified = response.headers.get("Last-Modified")
-            head_name = parse_content_disposition_filename(response.headers.get("Content-Disposition"))
-        elif response.status_code in (404, 410):
-            check_status(response, final)
-        else:
-            log.debug("HEAD answered %s; probing with GET", response.status_code)
+        return empty
+    response.close()
+    if response.status_code == 200:
+        encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+        return HeadResult(final, None if encoded else _int(response.headers.get("Content-Length")),
+                          response.headers.get("ETag"), response.headers.get("Last-Modified"),
+                          parse_content_disposition_filename(response.headers.get("Content-Disposition")))
+    if response.status_code in (404, 410):
+        check_status(response, final)
+    log.debug("HEAD answered %s; probing with GET", response.status_code)
+    return empty
+
+
+def probe(session: requests.Session, url: str, *, base_headers: Mapping[str, str], auth: Mapping[str, str],
+          auth_host: str | None, timeout: tuple[float, float], head: HeadResult | None = None) -> ProbeResult:
+    """Probe ``url``; raises RetryableError for transient failures and ModfetchError subclasses for final ones.
+    ``head``: the answer of a HEAD already sent (not sent again)."""
+    if head is None:
+        head = probe_head(session, url, base_headers=base_headers, auth=auth, auth_host=auth_host,
+                          timeout=timeout)
+    head_size, head_etag, head_modified, head_name = head.size, head.etag, head.last_modified, head.filename
 
     headers = dict(base_headers, Range="bytes=0-0")
     response, final = request(session, "GET", url, base_headers=headers, auth=auth, auth_host=auth_host,

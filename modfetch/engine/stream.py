@@ -12,6 +12,7 @@ import requests
 
 from ..util.http import header_int
 from .fetch import BLOCK, PartTruncated
+from .files import OwnWrites
 from .http import RemoteChanged, RetryableError, check_status, request
 from .interrupt import Interrupted
 from .ratelimit import throttle
@@ -20,7 +21,7 @@ from .ratelimit import throttle
 def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size: int | None,
                  base_headers: Mapping[str, str], auth: Mapping[str, str], auth_host: str | None,
                  timeout: tuple[float, float], on_bytes: Callable[[int], None],
-                 stop: threading.Event | None = None) -> str:
+                 stop: threading.Event | None = None, writes: OwnWrites | None = None) -> str:
     """Download the whole body into ``fd`` from offset 0, returning its SHA-256; the file is truncated to the
     body's length.  A short body (fewer bytes than Content-Length) is a RetryableError."""
     response, final = request(session, "GET", url, base_headers=base_headers, auth=auth, auth_host=auth_host,
@@ -39,12 +40,16 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
         view = memoryview(buf)
         pos = 0
         os.ftruncate(fd, 0)
+        if writes is not None:
+            writes.own_change()
         for block in _unless_stopped(response.iter_content(BLOCK) if encoded else _raw_blocks(response, view), stop):
             n = len(block)
             data = block if isinstance(block, memoryview) else memoryview(block)
             if os.fstat(fd).st_size < pos:  # truncated by another program: writing on would leave a hole
                 raise PartTruncated()
-            while data:  # disk errors propagate as OSError; the caller turns them into DiskError
+            if writes is not None:  # disk errors propagate as OSError; the caller turns them into DiskError
+                pos = writes.pwrite(data, pos)
+            while data and writes is None:
                 written = os.pwrite(fd, data, pos)
                 pos += written
                 data = data[written:]
@@ -55,7 +60,10 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
                 raise Interrupted()
         if length is not None and pos != length:
             raise RetryableError(f"body ended after {pos} of {length} bytes")
-        os.ftruncate(fd, pos)
+        if writes is not None:
+            writes.truncate(pos)
+        else:
+            os.ftruncate(fd, pos)
         return digest.hexdigest()
 
 

@@ -179,7 +179,8 @@ def test_full_disk_is_one_line_and_rerun_with_space_finishes(mf: Modfetch, fault
     server = faulty_server(size=12 * MiB)
     result = mf.cli("download", "--quiet", "--url", server.url, "--dest", str(small_tmpfs))
     assert result.exit_code == 1
-    line = assert_clean_error(result.stderr, "No space left on device")
+    # refused before allocating (issue 13): the size is known and the disk cannot take it
+    line = assert_clean_error(result.stderr, "not enough space")
     assert "file.bin" in line
     assert "free some space" in result.stderr
     assert not (small_tmpfs / "file.bin").exists()
@@ -192,11 +193,11 @@ def test_full_disk_is_one_line_and_rerun_with_space_finishes(mf: Modfetch, fault
 
 
 def test_full_disk_mid_stream_is_one_line(mf: Modfetch, faulty_server: Serve, small_tmpfs: Path) -> None:
-    # no ranges, so no preallocation: the disk fills up while writing
+    # no ranges, so no preallocation; the Content-Length is checked against the free space first (issue 13)
     server = faulty_server(size=12 * MiB, ranges=False)
     result = mf.cli("download", "--quiet", "--url", server.url, "--dest", str(small_tmpfs))
     assert result.exit_code == 1
-    assert_clean_error(result.stderr, "No space left on device")
+    assert_clean_error(result.stderr, "not enough space")
     assert not (small_tmpfs / "file.bin").exists()
     _grow(small_tmpfs)
     out = mf.download_json(server.url, "--dest", str(small_tmpfs))
@@ -207,7 +208,7 @@ def test_full_disk_as_a_real_process(mf: Modfetch, faulty_server: Serve, small_t
     server = faulty_server(size=12 * MiB)
     done = mf.run("download", "--url", server.url, "--dest", str(small_tmpfs))
     assert done.returncode == 1
-    assert_clean_error(done.stderr, "No space left on device")
+    assert_clean_error(done.stderr, "not enough space")
     assert done.stdout == ""
 
 
