@@ -336,7 +336,10 @@ class Downloader:
                                 last_modified=head.last_modified, filename=head.filename)
             if not dest.is_file():
                 return None
-            return self._already_present(db, row, req, known, dest, expected)
+            try:
+                return self._already_present(db, row, req, known, dest, expected)
+            except TargetExistsError:
+                return None  # changed on disk: the normal path repairs it in place or refuses it
 
     def _already_present(self, db: StateDB, row: DownloadRow | None, req: DownloadRequest, info: ProbeResult,
                          dest: Path, expected: str | None) -> DownloadResult | None:

@@ -158,7 +158,7 @@ def test_keys_work_while_another_process_holds_the_db_locked(mf, tmux) -> None:
     conn.execute("BEGIN EXCLUSIVE")
     try:
         tui = tmux(mf.command("tui"), width=400)
-        tui.wait_text("database is locked", timeout=8)
+        tui.wait_text("is locked by another process", timeout=8)
         started = time.monotonic()
         tui.type("q")
         assert tui.exit_status(timeout=5) == 0

@@ -127,7 +127,7 @@ def test_a_finished_file_is_not_marked_failed_by_a_rerun_that_cannot_start(
         mf: Modfetch, faulty_server: type[FaultyServer]) -> None:
     server = faulty_server(size=MiB)
     assert mf.run("download", "--quiet", "--dest", str(mf.dest), server.url).returncode == 0
-    server.configure(error_status=404, error_times=None, include_probe=True)
+    server.configure(error_status=404, error_times=None, include_probe=True, head_status=404)
     assert mf.run("download", "--quiet", "--dest", str(mf.dest), server.url).returncode == 1
     rows = {r["path"]: r for r in mf.status()}
     assert rows[str(mf.dest / "file.bin")]["status"] == "complete"

@@ -58,7 +58,8 @@ def _locks(mf: Modfetch) -> Path:
 
 
 def _status(mf: Modfetch) -> str:
-    (row,) = mf.rows()
+    """The file's row (a refused concurrent attempt leaves a URL-keyed ``failed`` row beside it)."""
+    (row,) = [r for r in mf.rows() if r["status"] != "failed"]
     return str(row["status"])
 
 
