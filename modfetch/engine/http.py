@@ -139,14 +139,22 @@ def proxy_failure(exc: BaseException, url: str, session: requests.Session) -> Re
         return None
     proxy = proxy_in_use(session, url) or "configured"
     what = f"the proxy {proxy} (from the *_PROXY environment variables) for {host_of(url)}"
+    return (_no_connection(exc, what, with_reason=False)
+            or RetryableError(f"{what} failed or refused the request", unreachable=True))
+
+
+def _no_connection(exc: BaseException, what: str, with_reason: bool) -> RetryableError | None:
+    """An ``unreachable`` RetryableError naming ``what`` when ``exc`` is a refused connection, an unresolvable
+    host name or no route, else None."""
     for err in _causes(exc):
         if isinstance(err, ConnectionRefusedError):
             return RetryableError(f"connection refused by {what}", unreachable=True)
         if isinstance(err, socket.gaierror):
             return RetryableError(f"cannot resolve the host name of {what}", unreachable=True)
         if isinstance(err, OSError) and err.errno in _NO_ROUTE_ERRNOS:
-            return RetryableError(f"no route to {what}", unreachable=True)
-    return RetryableError(f"{what} failed or refused the request", unreachable=True)
+            reason = f" ({err.strerror})" if with_reason else ""
+            return RetryableError(f"no route to {what}{reason}", unreachable=True)
+    return None
 
 
 def connect_failure(exc: BaseException, url: str, session: requests.Session | None = None) -> RetryableError | None:
@@ -158,13 +166,9 @@ def connect_failure(exc: BaseException, url: str, session: requests.Session | No
         if failed_proxy is not None:
             return failed_proxy
     host = host_of(url)
-    for err in _causes(exc):
-        if isinstance(err, ConnectionRefusedError):
-            return RetryableError(f"connection refused by {host}", unreachable=True)
-        if isinstance(err, socket.gaierror):
-            return RetryableError(f"cannot resolve the host name of {host}", unreachable=True)
-        if isinstance(err, OSError) and err.errno in _NO_ROUTE_ERRNOS:
-            return RetryableError(f"no route to {host} ({err.strerror})", unreachable=True)
+    refused = _no_connection(exc, host, with_reason=True)
+    if refused is not None:
+        return refused
     for err in _causes(exc):
         # Raised before the body is read (stream=True): no connection within the connect timeout, or a server
         # that accepted and sent no response headers within the read timeout.  Like a refused connection this is
