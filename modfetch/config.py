@@ -1,9 +1,14 @@
 """Configuration: YAML (``yaml.safe_load``) into frozen dataclasses, validated with errors naming file and key.
 
-Precedence: embedded defaults < config file < environment < command-line flags.  Adding a section is one
-dataclass plus one field on ``Config``: the generic ``_build`` walks type hints, so validation, unknown-key
-errors and path expansion come for free.  Secrets are never accepted from the file: they come from the
-environment variables the ``sources`` section names.
+Precedence: embedded defaults < config file < command-line flags.  There is no general environment layer
+over the file: ``MODFETCH_CONFIG`` (and ``XDG_CONFIG_HOME`` / ``XDG_DATA_HOME``, ``paths``) only say where
+the file and the data live.  The few variables that override a setting are read where that setting is used,
+each as the tool that owns the variable reads it: ``HF_ENDPOINT`` (``resolvers.huggingface``), ``HF_HOME`` /
+``HF_HUB_CACHE`` / ``HF_TOKEN_PATH`` (``util.hf_env``), the token variables (``resolvers.hf_token``,
+``resolvers.api.token_from_env``), ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` and the ``*_PROXY`` variables
+(``engine.session``, requests).  Adding a section is one dataclass plus one field on ``Config``: the generic
+``_build`` walks type hints, so validation, unknown-key errors and path expansion come for free.  Secrets are
+never accepted from the file: they come from the environment variables the ``sources`` section names.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pathlib import Path
 from .config import Config
 from .errors import ERROR_CLASSES, ModfetchError
 from .state import MISMATCH, RUNNING, StateDB, pid_alive
+from .util.atomic import write_atomic as util_write_atomic
 from .util.redact import redact
 
 log = logging.getLogger("modfetch.metrics")
@@ -138,19 +138,8 @@ def render(snap: Snapshot) -> str:
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically: unique temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temp name must not end in .prom: node_exporter would read it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # (The temporary name ends in .tmp, never .prom: node_exporter would read it.)
+    util_write_atomic(path, text.encode("utf-8"), fsync=True, mode=0o644, exact_mode=True)
 
 
 def check_target(path: Path) -> None:

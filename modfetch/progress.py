@@ -1,4 +1,5 @@
-"""The progress interface the engine reports through; renderers (tqdm, JSON, nothing) live in the CLI."""
+"""The progress interface the engine reports through; the renderers live in the CLI (``cli.progress``: a tqdm
+bar on an interactive terminal, otherwise nothing; ``--json`` prints no progress, only its result lines)."""
 
 from __future__ import annotations
 

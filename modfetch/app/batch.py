@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,9 @@ from typing import Any
 import yaml
 
 from ..artifacts import TYPES
+from ..cancel import check_stop, wait_or_stop
 from ..config import Config
-from ..engine.download import POLLING, STOP, DownloadResult, Interrupted, request_stop
-from ..engine.interrupt import check_stop
+from ..engine.download import DownloadResult
 from ..errors import ModfetchError, UsageError
 from ..metrics import checkpoint_writer
 from ..paths import expand_path
@@ -256,35 +255,10 @@ def run_batch(config: Config, jobs: list[BatchJob], progress: Callable[[], Progr
     parallel = max(1, config.concurrency.batch_parallel_files)
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="batch") as pool:
         futures = [pool.submit(run, job, do) for job, do in zip(jobs, wants_place, strict=True)]
-        _wait_or_stop(futures)
+        wait_or_stop(futures)  # Ctrl-C/SIGTERM: every job checkpoints, then Interrupted
         return BatchSummary([f.result() for f in futures])
 
 
 def _pick(*choices: bool | None) -> bool:
     """The first choice that was made (job key, then command line, then config)."""
     return next((c for c in choices if c is not None), False)
-
-
-def _wait_or_stop(futures: list[concurrent.futures.Future[JobOutcome]]) -> None:
-    """Wait for the jobs; on Ctrl-C/SIGTERM stop them all (they checkpoint) and raise Interrupted.
-
-    The jobs' coordinators run in pool threads, so nothing would stop them: a KeyboardInterrupt raised here
-    would only make the pool's shutdown wait for every job to finish.  While we poll, the CLI's signal
-    handler sets STOP instead of raising (see modfetch.engine.download.POLLING)."""
-    polling = threading.current_thread() is threading.main_thread()
-    if polling:
-        POLLING.set()
-    try:
-        while concurrent.futures.wait(futures, timeout=0.25).not_done:
-            if STOP.is_set():
-                break
-    except BaseException:
-        request_stop()  # a signal that still arrived as KeyboardInterrupt (before POLLING was set)
-    finally:
-        if polling:
-            POLLING.clear()
-    if STOP.is_set():
-        for future in futures:
-            future.cancel()  # jobs not started yet never start
-        concurrent.futures.wait(futures)
-        raise Interrupted()

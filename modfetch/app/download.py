@@ -9,13 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cancel import check_stop, wait_or_stop
 from ..config import Config
-from ..engine.download import Downloader, DownloadRequest, DownloadResult, request_stop
-from ..engine.interrupt import check_stop
+from ..engine.download import Downloader, DownloadRequest, DownloadResult
+from ..engine.session import make_session
 from ..errors import ModfetchError, UsageError
 from ..failures import record_failure, settle_success, source_of_uri
 from ..progress import ProgressListener
-from ..resolvers.base import ResolvedFile, make_session
+from ..resolvers.base import ResolvedFile
 from ..resolvers.registry import resolve
 from ..state import StateDB, db_failure, open_state
 from ..util.redact import redact, redact_url
@@ -131,26 +132,26 @@ def download_uri(config: Config, uri: str, options: DownloadOptions, progress: P
 
     if len(requests_) == 1:
         return [run(requests_[0])]
-    results: list[DownloadResult] = []
+    done: dict[int, DownloadResult] = {}
     errors: list[ModfetchError] = []
     parallel = max(1, config.concurrency.batch_parallel_files)
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
         futures = [pool.submit(run, r) for r in requests_]
-        try:
-            for req, future in zip(requests_, futures, strict=True):
-                try:
-                    results.append(future.result())
-                except Exception as exc:  # this file's failure alone (whatever it is): the others go on
-                    check_stop()  # request_stop() shut its connections down: the file was stopped, not failed
-                    error = exc if isinstance(exc, ModfetchError) else file_failure(config, req, exc)
-                    log.error("%s", error.message)
-                    errors.append(error)
-        except KeyboardInterrupt:
-            # Only a real stop (Ctrl-C here, or a file stopped by request_stop()) stops the other files.
-            request_stop()
-            for future in futures:
-                future.cancel()
-            raise
+        index = {id(future): n for n, future in enumerate(futures)}
+
+        def settle(future: concurrent.futures.Future[DownloadResult]) -> None:
+            n = index[id(future)]
+            try:
+                done[n] = future.result()
+            except Exception as exc:  # this file's failure alone (whatever it is): the others go on
+                check_stop()  # request_stop() shut its connections down: the file was stopped, not failed
+                error = exc if isinstance(exc, ModfetchError) else file_failure(config, requests_[n], exc)
+                log.error("%s", error.message)
+                errors.append(error)
+
+        # Only a real stop (Ctrl-C, or a file stopped by request_stop()) stops the other files: Interrupted.
+        wait_or_stop(futures, settle)
+    results = [done[n] for n in sorted(done)]
     if errors:
         first = errors[0]
         raise ModfetchError(f"{len(errors)} of {len(requests_)} files failed; first: {first.message}",

@@ -18,9 +18,9 @@ from ..config import Config
 from ..engine.hashing import sha256_file
 from ..engine.http import RetryableError
 from ..engine.probe import probe
+from ..engine.session import make_session
 from ..errors import NetworkError, UsageError
 from ..placement.planner import AppSpec, plan
-from ..resolvers.base import make_session
 from ..state import FINISHED_STATUSES, DownloadRow, open_state
 from ..util.filenames import filename_from_url, safe_join, sanitize_filename
 from ..util.redact import redact_url

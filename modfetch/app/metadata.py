@@ -13,12 +13,12 @@ from pathlib import Path
 
 from ..config import Config
 from ..engine.download import DownloadResult
+from ..engine.session import make_session
 from ..errors import ModfetchError
 from ..placement.linker import CREATED, REPAIRED, REPLACED, SKIPPED
 from ..placement.planner import AppSpec
 from ..placement.presets import FOLDERS
 from ..placement.sidecars import SidecarResult, write_sidecars
-from ..resolvers.base import make_session
 from ..resolvers.civitai_meta import fetch_metadata
 from ..state import open_state
 from .place import PlaceReport

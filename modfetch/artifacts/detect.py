@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import vocabulary as v
 from .headers import GGUFHeader, SafetensorsHeader, read_gguf, read_safetensors
+
+H = TypeVar("H")
 
 # GGUF architectures that are diffusion models or their text encoders (ComfyUI-GGUF), not LLMs.
 _GGUF_DIFFUSION = {"flux", "sd1", "sd3", "sdxl", "aura", "hidream", "hyvid", "ltxv", "wan", "cosmos",
@@ -105,24 +107,27 @@ def detect_content(path: Path, weak: bool = True) -> Detection | None:
         return Detection(v.GENERIC, "content", f"cannot read the file: {exc.strerror or exc}")
     suffix = path.suffix.lower()
     if magic[:4] == b"GGUF":
-        try:
-            header, why = read_gguf(path)
-        except OSError as exc:
-            return Detection(v.GENERIC, "content", f"cannot read the file: {exc.strerror or exc}")
-        if header is None:
-            return Detection(v.GENERIC, "content", f"malformed GGUF header: {why}")
-        return _classify_gguf(header)
+        header, failed = _read_header(read_gguf, path, "GGUF")
+        return _classify_gguf(header) if header is not None else failed
     if suffix == ".gguf":
         return Detection(v.GENERIC, "content", "named .gguf but has no GGUF magic")
     if suffix in (".safetensors", ".sft"):
-        try:
-            st, why = read_safetensors(path)
-        except OSError as exc:
-            return Detection(v.GENERIC, "content", f"cannot read the file: {exc.strerror or exc}")
-        if st is None:
-            return Detection(v.GENERIC, "content", f"malformed safetensors header: {why}")
-        return classify_safetensors(st, weak)
+        st, failed = _read_header(read_safetensors, path, "safetensors")
+        return classify_safetensors(st, weak) if st is not None else failed
     return None
+
+
+def _read_header(read: Callable[[Path], tuple[H | None, str]], path: Path,
+                 kind: str) -> tuple[H | None, Detection | None]:
+    """``(header, None)``, or ``(None, a generic Detection saying why)`` when the file cannot be read or its
+    ``kind`` header is malformed."""
+    try:
+        header, why = read(path)
+    except OSError as exc:
+        return None, Detection(v.GENERIC, "content", f"cannot read the file: {exc.strerror or exc}")
+    if header is None:
+        return None, Detection(v.GENERIC, "content", f"malformed {kind} header: {why}")
+    return header, None
 
 
 def _classify_gguf(header: GGUFHeader) -> Detection:

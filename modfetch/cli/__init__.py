@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .. import __version__
+from .. import __version__, cancel
 from ..errors import ModfetchError, UsageError, exit_code
 from ..logs import json_line, terminal_text, utf8_text
 from ..state import db_failure
@@ -95,11 +95,7 @@ class ModfetchGroup(click.Group):
             _report(ctx, error)
             ctx.exit(exit_code(error))
         except KeyboardInterrupt:
-            # No import here: a signal during a lazy import leaves half-initialised modules behind, and an
-            # engine that was never imported has no download to stop.
-            stop = getattr(sys.modules.get("modfetch.engine.download"), "request_stop", None)
-            if stop is not None:
-                stop()
+            cancel.request_stop()  # every download still running (in pool threads) checkpoints and stops
             message = "interrupted; state saved, rerun the same command to resume"
             state = ctx.find_object(CliState)
             if state is not None and state.json_output:  # --json: every stderr line is a JSON object
@@ -215,13 +211,8 @@ def _terminate(signum: int, _frame: object) -> None:
     if _STOPPING.is_set():
         return
     _STOPPING.set()
-    engine = sys.modules.get("modfetch.engine.download")
-    # Either is None while that module is still being imported (a signal right at start-up).
-    polling, stop = getattr(engine, "POLLING", None), getattr(engine, "request_stop", None)
-    if polling is not None and polling.is_set() and stop is not None:
-        stop()
-        return
-    raise KeyboardInterrupt
+    if not cancel.signalled():  # a waiter polls STOP (cancel.POLLING): it raises Interrupted itself
+        raise cancel.Interrupted()
 
 
 def main(argv: list[str] | None = None) -> None:

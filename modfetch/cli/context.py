@@ -28,7 +28,7 @@ class CliState:
 
     @property
     def config(self) -> Config:
-        """The effective config (file < env < flags); logging is configured on first use."""
+        """The effective config (file < flags, see modfetch.config); logging is configured on first use."""
         if self._config is None:
             self._config = load_config(self.config_path)
             self.setup_logging()

@@ -28,6 +28,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.stop import stop_base
 
+from ..cancel import POLLING, STOP, Interrupted, request_stop, sleep_unless_stopped
 from ..config import Config
 from ..errors import (
     IntegrityError,
@@ -38,7 +39,6 @@ from ..errors import (
 )
 from ..failures import record_failure, record_interrupt, settle_success
 from ..progress import NullProgress, ProgressListener
-from ..resolvers.base import make_session
 from ..state import (
     CHUNK_COMPLETE,
     CHUNK_DIRTY,
@@ -75,26 +75,20 @@ from .files import (
     write_checksum_file,
 )
 from .hashing import PrefixHasher, git_blob_sha1, hash_range, range_digest, sha256_file
-from .http import RangesIgnored, RemoteChanged, RetryableError, shutdown_response
-from .interrupt import STOP, Interrupted, request_stop, sleep_unless_stopped
+from .http import RangesIgnored, RemoteChanged, RetryableError
 from .partcopy import copy_into_part
 from .plan import plan_chunks
 from .probe import HeadResult, ProbeResult, probe, probe_head
-from .retry import backoff_wait
+from .retry import UNREACHABLE_ATTEMPTS, backoff_wait
 from .scheduler import LiveChunk, Scheduler
+from .session import make_session, shutdown_response
 from .stream import fetch_stream
 
 log = logging.getLogger("modfetch.engine")
 CHECKPOINT_SECONDS = 1.0
-# Set while the main thread's coordinator polls STOP: the CLI's signal handler then only calls request_stop()
-# instead of raising KeyboardInterrupt there, because an exception raised asynchronously inside
-# concurrent.futures.wait() can leave the futures' locks held, and the workers and the shutdown hang forever.
-POLLING = threading.Event()
 HOOK_SECONDS = 5.0
 MAX_RESTARTS = 3
-# Probe attempts against a host that refuses connections or does not resolve: a second or two of backoff covers
-# a restart blip; a minute of retries for a typo or a server that is down helps nobody.
-UNREACHABLE_PROBE_ATTEMPTS = 3
+UNREACHABLE_PROBE_ATTEMPTS = UNREACHABLE_ATTEMPTS  # (engine.retry says why)
 
 
 class _StopWhenUnreachable(stop_base):

@@ -8,13 +8,13 @@ import fcntl
 import hashlib
 import os
 import re
-import secrets
 import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DiskError, LockedError, TargetExistsError
+from ..util.atomic import write_atomic
 from ..util.sizes import human_size
 
 GiB = 1 << 30
@@ -318,13 +318,8 @@ def write_checksum_file(final: Path, sha256: str) -> Path | None:
     checksum = final.with_name(final.name + ".sha256")
     if os.path.lexists(checksum) and not is_own_sidecar(checksum):
         return None
-    # Not named after ``final``: a 240-byte name plus ".sha256.PID.tmp" would pass NAME_MAX (255) and fail
-    # after the file was already installed.
-    temp = final.with_name(f".modfetch-{os.getpid()}-{secrets.token_hex(6)}.sha256.tmp")
-    try:
-        temp.write_text(f"{sha256}  {final.name}\n", encoding="utf-8")
-        os.replace(temp, checksum)
+    try:  # (the temporary name fits NAME_MAX even for a 250-byte ``final``: util.atomic.temp_path)
+        write_atomic(checksum, f"{sha256}  {final.name}\n".encode(), mode=0o666, mkdir=False)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise os_error(exc, "cannot write", checksum) from None
     return checksum

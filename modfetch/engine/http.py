@@ -1,35 +1,30 @@
-"""HTTP plumbing for the engine: redirect following that keeps auth on its host, and status classification."""
+"""HTTP plumbing for every request modfetch sends: failure classification (one mapping from a requests
+exception to a final error or a RetryableError), redirects followed by hand with the credential bound to its
+host, status classification and size-capped body reads.  The Session itself is made in ``engine.session``."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import http.client
 import os
 import socket
 import ssl
-import threading
 from collections.abc import Iterator, Mapping
-from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
-import requests.adapters
-import urllib3.connection
-import urllib3.connectionpool
 import urllib3.exceptions
 
-from ..errors import AuthError, HTTPStatusError, NotFoundError, TLSError
-from ..util.http import parse_retry_after
+from ..errors import AuthError, HTTPStatusError, ModfetchError, NetworkError, NotFoundError, TLSError
+from ..util.http import header_int, parse_retry_after
 from ..util.redact import redact, redact_url
-from .interrupt import check_stop, track
 from .origin import connection_origin, may_carry_credentials
+from .session import guard_session
 
 MAX_REDIRECTS = 10
-HEADER_DEADLINE_FACTOR = 2.0  # response headers must be complete within this many read timeouts
-HEADER_DEADLINE_DEFAULT = 120.0  # seconds, when the socket has no timeout
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 RETRYABLE_STATUSES = {408, 425, 429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524, 529}
+_READ_BLOCK = 64 << 10
+_NOT_THAT_SERVICE = "check that the configured endpoint is that service"
 
 
 class RetryableError(Exception):
@@ -53,112 +48,6 @@ class RangesIgnored(RemoteChanged):
     """A ranged request got the whole, unchanged file (200): some of the server's backends ignore Range, so
     chunked downloading cannot work reliably and the restart uses one stream."""
 
-
-class _LineTracker:
-    """Wraps a response's file to remember the last line read: a header block that did not end with an empty
-    line was cut off (http.client takes EOF as the end of the headers)."""
-
-    def __init__(self, fp: Any) -> None:
-        self.fp = fp
-        self.last = b""
-
-    def readline(self, *args: Any) -> bytes:
-        line: bytes = self.fp.readline(*args)
-        self.last = line
-        return line
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.fp, name)
-
-
-class _GuardedResponse(http.client.HTTPResponse):
-    """An HTTPResponse that (1) gives up when the status line and headers are not complete within a deadline:
-    the read timeout is per recv, so a server trickling one header byte a second would otherwise hold the
-    request forever, and the stall watchdog only sees bodies; (2) refuses a header block cut off by the
-    connection closing (http.client takes it for a complete response with an empty body); (3) skips every
-    informational 1xx response (``103 Early Hints``), not only ``100 Continue``: http.client returns those as
-    the response and leaves the real one unread in the socket."""
-
-    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        self._guard_sock = sock
-
-    def begin(self) -> None:
-        timeout = self._guard_sock.gettimeout()
-        limit = HEADER_DEADLINE_FACTOR * timeout if timeout else HEADER_DEADLINE_DEFAULT
-        fired = threading.Event()
-
-        def expire() -> None:
-            fired.set()
-            with contextlib.suppress(OSError):
-                self._guard_sock.shutdown(socket.SHUT_RDWR)
-
-        tracker = _LineTracker(self.fp)
-        self.fp = tracker  # type: ignore[assignment]
-        timer = threading.Timer(limit, expire)
-        timer.daemon = True
-        timer.start()
-        try:
-            super().begin()
-            while 100 <= self.status < 200 and self.status != 101:
-                self.headers = None  # type: ignore[assignment]  # (begin() returns at once if headers are set)
-                super().begin()
-            if fired.is_set():
-                raise TimeoutError(f"no complete response headers within {limit:.0f}s")
-            if tracker.last not in (b"\r\n", b"\n"):
-                raise http.client.RemoteDisconnected("connection closed inside the response headers")
-        except Exception:
-            check_stop()  # the failure is request_stop() shutting the socket down: a stop, not a network error
-            if fired.is_set():
-                raise TimeoutError(f"no complete response headers within {limit:.0f}s") from None
-            raise
-        finally:
-            timer.cancel()
-            if self.fp is tracker:  # type: ignore[comparison-overlap]
-                self.fp = tracker.fp
-
-
-class _GuardedHTTPConnection(urllib3.connection.HTTPConnection):
-    response_class = _GuardedResponse
-
-    def connect(self) -> None:
-        super().connect()
-        track(self.sock)  # request_stop() can now wake any read on this connection
-
-
-class _GuardedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    response_class = _GuardedResponse
-
-    def connect(self) -> None:
-        super().connect()
-        track(self.sock)  # (the TLS socket: set only once the handshake is done)
-
-
-class _GuardedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
-    ConnectionCls = _GuardedHTTPConnection
-
-
-class _GuardedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
-    ConnectionCls = _GuardedHTTPSConnection
-
-
-class GuardedAdapter(requests.adapters.HTTPAdapter):
-    """An HTTPAdapter whose connections use ``_GuardedResponse``."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
-
-
-def guard_session(session: requests.Session) -> None:
-    """Swap the session's plain HTTPAdapters for GuardedAdapters with the same pool settings (once)."""
-    for prefix, adapter in list(session.adapters.items()):
-        if type(adapter) is requests.adapters.HTTPAdapter:
-            pool: Any = adapter  # (requests keeps the pool settings in private attributes)
-            guarded = GuardedAdapter(pool_connections=pool._pool_connections, pool_maxsize=pool._pool_maxsize,
-                                     max_retries=adapter.max_retries, pool_block=pool._pool_block)
-            session.mount(prefix, guarded)
-            adapter.close()
 
 
 def host_of(url: str) -> str:
@@ -250,14 +139,22 @@ def proxy_failure(exc: BaseException, url: str, session: requests.Session) -> Re
         return None
     proxy = proxy_in_use(session, url) or "configured"
     what = f"the proxy {proxy} (from the *_PROXY environment variables) for {host_of(url)}"
+    return (_no_connection(exc, what, with_reason=False)
+            or RetryableError(f"{what} failed or refused the request", unreachable=True))
+
+
+def _no_connection(exc: BaseException, what: str, with_reason: bool) -> RetryableError | None:
+    """An ``unreachable`` RetryableError naming ``what`` when ``exc`` is a refused connection, an unresolvable
+    host name or no route, else None."""
     for err in _causes(exc):
         if isinstance(err, ConnectionRefusedError):
             return RetryableError(f"connection refused by {what}", unreachable=True)
         if isinstance(err, socket.gaierror):
             return RetryableError(f"cannot resolve the host name of {what}", unreachable=True)
         if isinstance(err, OSError) and err.errno in _NO_ROUTE_ERRNOS:
-            return RetryableError(f"no route to {what}", unreachable=True)
-    return RetryableError(f"{what} failed or refused the request", unreachable=True)
+            reason = f" ({err.strerror})" if with_reason else ""
+            return RetryableError(f"no route to {what}{reason}", unreachable=True)
+    return None
 
 
 def connect_failure(exc: BaseException, url: str, session: requests.Session | None = None) -> RetryableError | None:
@@ -269,13 +166,9 @@ def connect_failure(exc: BaseException, url: str, session: requests.Session | No
         if failed_proxy is not None:
             return failed_proxy
     host = host_of(url)
-    for err in _causes(exc):
-        if isinstance(err, ConnectionRefusedError):
-            return RetryableError(f"connection refused by {host}", unreachable=True)
-        if isinstance(err, socket.gaierror):
-            return RetryableError(f"cannot resolve the host name of {host}", unreachable=True)
-        if isinstance(err, OSError) and err.errno in _NO_ROUTE_ERRNOS:
-            return RetryableError(f"no route to {host} ({err.strerror})", unreachable=True)
+    refused = _no_connection(exc, host, with_reason=True)
+    if refused is not None:
+        return refused
     for err in _causes(exc):
         # Raised before the body is read (stream=True): no connection within the connect timeout, or a server
         # that accepted and sent no response headers within the read timeout.  Like a refused connection this is
@@ -309,12 +202,62 @@ def carries_credential(url: str, auth: Mapping[str, str]) -> bool:
     return False
 
 
+def transport_failure(exc: BaseException, method: str, url: str,
+                      session: requests.Session | None = None) -> ModfetchError | RetryableError:
+    """The exception a failed ``session.request`` means, for every caller (engine and API client): a final
+    TLSError (untrusted certificate, not TLS) or HTTPStatusError (malformed response), else a RetryableError,
+    marked ``unreachable`` when no connection could be made (naming the proxy when it was the proxy)."""
+    if isinstance(exc, requests.exceptions.InvalidHeader) or (
+            isinstance(exc, ValueError) and not isinstance(exc, requests.RequestException)):
+        # InvalidHeader: e.g. two different Content-Lengths.  A bare ValueError: requests parses a Location even
+        # with allow_redirects=False ("Invalid IPv6 URL").  Neither is transient.
+        return HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} {redact_url(url)}: "
+                               f"{redact(str(exc))}", 502)
+    failure = tls_failure(exc, url)  # (requests' SSLError is a ConnectionError)
+    if failure is not None:
+        return failure
+    return connect_failure(exc, url, session) or RetryableError(f"{type(exc).__name__} talking to {host_of(url)}")
+
+
+def send_once(session: requests.Session, method: str, url: str, headers: Mapping[str, str],
+              timeout: tuple[float, float], stream: bool = True) -> requests.Response:
+    """One request, redirects not followed; a failure raised as ``transport_failure`` maps it."""
+    guard_session(session)
+    try:
+        return session.request(method, url, headers=dict(headers), stream=stream, timeout=timeout,
+                               allow_redirects=False)
+    except (TimeoutError, requests.RequestException, ValueError) as exc:
+        raise transport_failure(exc, method, url, session) from None
+
+
+def redirect_target(base: str, location: str, status: int) -> str:
+    """The absolute http(s) URL a ``Location`` header points to; HTTPStatusError for anything else (an
+    unparsable URL would otherwise surface as an internal ValueError, a ``file:`` URL as a network error)."""
+    try:
+        target = urljoin(base, location.strip())
+        parts = urlsplit(target)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise HTTPStatusError(f"{host_of(base)} sent an invalid redirect (HTTP {status})", status) from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise HTTPStatusError(f"{host_of(base)} redirected to an unsupported URL {redact_url(target)!r}",
+                              status)
+    connection_origin(target)  # refuses a target whose host the parsers disagree on
+    return target
+
+
+def same_origin(url: str, other: str) -> bool:
+    """True when both URLs connect to the same scheme and ``host:port`` (AmbiguousURLError when parsers
+    disagree on either)."""
+    first, second = connection_origin(url), connection_origin(other)
+    return (first.scheme, first.authority) == (second.scheme, second.authority)
+
+
 def request(session: requests.Session, method: str, url: str, *, base_headers: Mapping[str, str],
             auth: Mapping[str, str], auth_host: str | None, timeout: tuple[float, float],
             stream: bool = True) -> tuple[requests.Response, str]:
     """Send ``method`` following redirects by hand so auth never leaves ``auth_host``; return (response, url)."""
     auth_scheme = connection_origin(url).scheme if may_carry_credentials(url, auth_host) else None
-    guard_session(session)
     for _ in range(MAX_REDIRECTS + 1):
         headers = headers_for(url, base_headers, auth, auth_host, auth_scheme)
         if auth and not set(auth).issubset(headers) and carries_credential(url, auth):
@@ -322,26 +265,7 @@ def request(session: requests.Session, method: str, url: str, *, base_headers: M
             raise AuthError(f"refusing to send the token for {auth_host} to {host_of(url)}: the URL it was "
                             "redirected to contains the token", 0,
                             hint="the endpoint echoed the token into a redirect; check the source's endpoint")
-        try:
-            response = session.request(method, url, headers=headers, stream=stream, timeout=timeout,
-                                       allow_redirects=False)
-        except (TimeoutError, requests.ConnectionError, requests.Timeout) as exc:
-            failure = tls_failure(exc, url)  # (requests' SSLError is a ConnectionError)
-            if failure is not None:
-                raise failure from None
-            unreachable = connect_failure(exc, url, session)
-            if unreachable is not None:
-                raise unreachable from None
-            raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None
-        except requests.RequestException as exc:
-            if not isinstance(exc, requests.exceptions.InvalidHeader):  # e.g. two different Content-Lengths
-                raise RetryableError(f"{type(exc).__name__} talking to {host_of(url)}") from None
-            raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} {redact_url(url)}: "
-                                  f"{redact(str(exc))}", 502) from None
-        except ValueError as exc:
-            # requests parses a Location even with allow_redirects=False ("Invalid IPv6 URL"): not transient.
-            raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} {redact_url(url)}: "
-                                  f"{redact(str(exc))}", 502) from None
+        response = send_once(session, method, url, headers, timeout, stream)
         if response.status_code in REDIRECT_STATUSES and response.headers.get("Location"):
             next_url = urljoin(url, response.headers["Location"])
             response.close()
@@ -353,6 +277,30 @@ def request(session: requests.Session, method: str, url: str, *, base_headers: M
             continue
         return response, url
     raise HTTPStatusError(f"too many redirects fetching {redact_url(url)}", 310)
+
+
+def read_capped(response: requests.Response, limit: int, too_big: str | None) -> bytes:
+    """At most ``limit`` bytes of ``response``'s (decoded) body, read block by block so memory stays bounded
+    whatever the framing (a lying or missing Content-Length, an endless chunked body).  Past ``limit``: an
+    HTTPStatusError saying ``too_big``, or, when ``too_big`` is None, the first ``limit`` bytes (the rest is
+    never read; closing the response drops the connection)."""
+    declared = header_int(response.headers.get("Content-Length"))
+    if too_big is not None and declared is not None and declared > limit:
+        raise HTTPStatusError(too_big, response.status_code, hint=_NOT_THAT_SERVICE)
+    body = bytearray()
+    try:
+        for block in response.iter_content(_READ_BLOCK):
+            body += block
+            if len(body) > limit:
+                if too_big is None:
+                    return bytes(body[:limit])
+                raise HTTPStatusError(too_big, response.status_code, hint=_NOT_THAT_SERVICE)
+    except requests.RequestException as exc:  # cut off, reset or stalled mid-body
+        if too_big is None:
+            return bytes(body)  # an error body is only drained: its status already says what happened
+        raise NetworkError(f"the answer from {host_of(response.url)} broke off ({type(exc).__name__})",
+                           hint="check your connection and the source's endpoint in the config") from None
+    return bytes(body)
 
 
 def check_status(response: requests.Response, url: str, what: str = "") -> None:
@@ -372,18 +320,3 @@ def check_status(response: requests.Response, url: str, what: str = "") -> None:
     raise HTTPStatusError(f"HTTP {status} {response.reason or ''}: {label}".replace("  ", " "), status)
 
 
-def shutdown_response(response: requests.Response | None) -> None:
-    """Wake a thread blocked reading ``response`` by shutting its socket down (stall watchdog)."""
-    if response is None:
-        return
-    raw = response.raw
-    candidates = [getattr(getattr(raw, "_connection", None), "sock", None)]
-    fp = getattr(raw, "_fp", None)
-    candidates.append(getattr(getattr(getattr(fp, "fp", None), "raw", None), "_sock", None))
-    for sock in candidates:
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-                return
-            except OSError:
-                continue

@@ -1,4 +1,5 @@
-"""The retry policy: exponential backoff with full jitter, bounded, honouring the server's Retry-After."""
+"""The one retry policy (chunk workers, probe, single stream, API calls): exponential backoff with full
+jitter, bounded, honouring the server's Retry-After (capped), from ``concurrency`` in the config."""
 
 from __future__ import annotations
 
@@ -36,3 +37,27 @@ class BackoffWait:
 def backoff_wait(minimum: float, maximum: float) -> BackoffWait:
     """The configured backoff (``backoff_min_ms``/``backoff_max_ms`` in seconds)."""
     return BackoffWait(max(0.0, minimum), max(minimum, maximum))
+
+
+# Tries against a host that refuses connections or does not resolve: a second or two of backoff covers a restart
+# blip; a minute of retries for a typo or a server that is down helps nobody.
+UNREACHABLE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry one request: ``attempts`` tries in all (``unreachable_attempts`` when
+    the last failure was ``unreachable``), waiting ``wait.delay`` between them."""
+
+    attempts: int
+    wait: BackoffWait
+    unreachable_attempts: int = UNREACHABLE_ATTEMPTS
+
+    def gives_up(self, attempt: int, unreachable: bool) -> bool:
+        """True when try number ``attempt`` (1-based) was the last one."""
+        return attempt >= self.attempts or (unreachable and attempt >= self.unreachable_attempts)
+
+
+def retry_policy(max_retries: int, backoff_min_ms: int, backoff_max_ms: int) -> RetryPolicy:
+    """The configured policy (``concurrency.max_retries`` / ``backoff_min_ms`` / ``backoff_max_ms``)."""
+    return RetryPolicy(max(1, max_retries + 1), backoff_wait(backoff_min_ms / 1000, backoff_max_ms / 1000))

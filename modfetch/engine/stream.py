@@ -10,11 +10,11 @@ from typing import Any
 
 import requests
 
+from ..cancel import Interrupted
 from ..util.http import header_int
 from .fetch import BLOCK, PartTruncated
 from .files import OwnWrites
 from .http import RemoteChanged, RetryableError, check_status, request
-from .interrupt import Interrupted
 from .ratelimit import throttle
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from pathlib import Path
 
 from ..engine.hashing import git_blob_sha1
@@ -68,14 +67,7 @@ def write_ref(ref: Path, commit: str) -> None:
     try:
         if not ref.is_symlink() and ref.is_file() and ref.read_text(encoding="utf-8").strip() == commit:
             return
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        temp = ref.parent / f".{ref.name}.modfetch-{uuid.uuid4().hex[:12]}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, commit.encode())
-        finally:
-            os.close(fd)
-        os.replace(temp, ref)
+        write_atomic(ref, commit.encode())
     except OSError as exc:
         raise DiskError(f"cannot write {ref}: {exc.strerror or exc}") from None
 

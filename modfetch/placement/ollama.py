@@ -10,10 +10,10 @@ import os
 import shlex
 import shutil
 import subprocess
-import uuid
 from pathlib import Path
 
 from ..errors import DiskError, TargetExistsError
+from ..util.atomic import write_atomic
 from .linker import CREATED, REPAIRED, REPLACED, SKIPPED, LinkResult, SourceFile
 
 
@@ -58,27 +58,14 @@ def write_modelfile(source: SourceFile, target: Path, force: bool = False) -> Li
                                     hint="pass --force to replace it")
         else:
             action = REPLACED
-    temp = target.parent / f".{target.name}.modfetch-{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-        if action == CREATED:
-            os.link(temp, target)
-            os.unlink(temp)
-        else:
-            os.replace(temp, target)
-    except FileExistsError:
-        os.unlink(temp)
+    try:  # a new Modelfile is linked into place without clobbering; a replaced one renamed over the old
+        written = write_atomic(target, text.encode(), replace=action != CREATED, mkdir=False)
+    except OSError as exc:
+        raise DiskError(f"cannot write {target}: {exc.strerror or exc}") from None
+    if not written:
         if modelfile_state(source, target) == "same":  # another process wrote the same Modelfile meanwhile
             return LinkResult(SKIPPED, "modelfile", "Modelfile already up to date")
-        raise TargetExistsError(f"{target} appeared while writing; not overwriting it") from None
-    except OSError as exc:
-        if os.path.lexists(temp):
-            os.unlink(temp)
-        raise DiskError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise TargetExistsError(f"{target} appeared while writing; not overwriting it")
     return LinkResult(action, "modelfile", "")
 
 

@@ -1,9 +1,10 @@
 """HTTP plumbing shared by the Hugging Face and CivitAI resolvers.
 
-``SourceClient`` talks to one source's endpoint: it sends the ``Authorization`` header only to that host
-(``engine.http.headers_for``), follows redirects that stay on that host, stops at the first redirect that
-leaves it (a CDN / storage URL, returned to the caller unfollowed) and retries transient failures a few
-times.  Tokens come from the environment only and are registered for redaction.
+``SourceClient`` wraps the engine's HTTP client for one source's endpoint: it sends the ``Authorization``
+header only to that host (``engine.http.headers_for``), follows redirects that stay on that host, stops at the
+first redirect that leaves it (a CDN / storage URL, returned to the caller unfollowed) and retries transient
+failures with the engine's retry policy (``engine.retry``).  Tokens come from the environment only and are
+registered for redaction.
 """
 
 from __future__ import annotations
@@ -14,57 +15,41 @@ import logging
 import os
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 
+from ..cancel import check_stop, sleep_unless_stopped
+from ..config import Config
 from ..engine.http import (
     REDIRECT_STATUSES,
     RETRYABLE_STATUSES,
+    RetryableError,
     carries_credential,
-    connect_failure,
     headers_for,
     host_of,
-    tls_failure,
+    read_capped,
+    redirect_target,
+    same_origin,
+    send_once,
 )
-from ..engine.interrupt import check_stop, sleep_unless_stopped
-from ..engine.origin import connection_origin
+from ..engine.retry import BackoffWait, RetryPolicy, retry_policy
 from ..errors import AuthError, HTTPStatusError, NetworkError, UsageError
 from ..util.http import header_int, parse_retry_after
-from ..util.redact import redact, redact_url, register_token_env
+from ..util.redact import redact_url, register_token_env
 
 log = logging.getLogger("modfetch.resolvers")
-ATTEMPTS = 3
 MAX_REDIRECTS = 10
 MAX_JSON_BODY = 32 << 20  # the largest Hub tree page or CivitAI model is a few MiB
 MAX_ERROR_BODY = 64 << 10
-_READ_BLOCK = 64 << 10
+# For a client made without the config's policy (tests, tools): three quick tries.
+DEFAULT_RETRY = RetryPolicy(3, BackoffWait(0.3, 1.2))
 
 
-def read_capped(response: requests.Response, limit: int, too_big: str | None) -> bytes:
-    """At most ``limit`` bytes of ``response``'s (decoded) body, read block by block so memory stays bounded
-    whatever the framing (a lying or missing Content-Length, an endless chunked body).  Past ``limit``: an
-    HTTPStatusError saying ``too_big``, or, when ``too_big`` is None, the first ``limit`` bytes (the rest is
-    never read; closing the response drops the connection)."""
-    declared = header_int(response.headers.get("Content-Length"))
-    if too_big is not None and declared is not None and declared > limit:
-        raise HTTPStatusError(too_big, response.status_code, hint="check that the configured endpoint is that "
-                                                                  "service")
-    body = bytearray()
-    try:
-        for block in response.iter_content(_READ_BLOCK):
-            body += block
-            if len(body) > limit:
-                if too_big is None:
-                    return bytes(body[:limit])
-                raise HTTPStatusError(too_big, response.status_code,
-                                      hint="check that the configured endpoint is that service")
-    except requests.RequestException as exc:  # cut off, reset or stalled mid-body
-        if too_big is None:
-            return bytes(body)  # an error body is only drained: its status already says what happened
-        raise NetworkError(f"the answer from {host_of(response.url)} broke off ({type(exc).__name__})",
-                           hint="check your connection and the source's endpoint in the config") from None
-    return bytes(body)
+def config_retry(config: Config) -> RetryPolicy:
+    """The engine's retry policy as configured (``concurrency.max_retries`` and the backoff bounds)."""
+    cc = config.concurrency
+    return retry_policy(cc.max_retries, cc.backoff_min_ms, cc.backoff_max_ms)
 
 
 def token_from_env(names: Iterable[str]) -> tuple[str | None, str | None]:
@@ -78,34 +63,13 @@ def token_from_env(names: Iterable[str]) -> tuple[str | None, str | None]:
     return None, None
 
 
-def redirect_target(base: str, location: str, status: int) -> str:
-    """The absolute http(s) URL a ``Location`` header points to; HTTPStatusError for anything else (an
-    unparsable URL would otherwise surface as an internal ValueError, a ``file:`` URL as a network error)."""
-    try:
-        target = urljoin(base, location.strip())
-        parts = urlsplit(target)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise HTTPStatusError(f"{host_of(base)} sent an invalid redirect (HTTP {status})", status) from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise HTTPStatusError(f"{host_of(base)} redirected to an unsupported URL {redact_url(target)!r}",
-                              status)
-    connection_origin(target)  # refuses a target whose host the parsers disagree on
-    return target
-
-
-def origin(url: str) -> tuple[str, str]:
-    """``(scheme, host:port)`` of a URL as the connection reads it (AmbiguousURLError when parsers disagree)."""
-    where = connection_origin(url)
-    return where.scheme, where.authority
-
-
 class SourceClient:
     """Requests to one source endpoint with auth bound to its host and hand-followed on-host redirects."""
 
     def __init__(self, session: requests.Session, endpoint: str, token: str | None, timeout: float,
-                 label: str) -> None:
+                 label: str, retry: RetryPolicy = DEFAULT_RETRY) -> None:
         self.session = session
+        self.retry = retry
         self.endpoint = endpoint.rstrip("/")
         self.auth_host = host_of(self.endpoint)
         self.auth_scheme = urlsplit(self.endpoint).scheme.lower()
@@ -135,7 +99,7 @@ class SourceClient:
                 except HTTPStatusError:
                     response.close()
                     raise
-                if origin(target) == origin(url):
+                if same_origin(target, url):
                     log.debug("%s %s -> %d, following to %s", method, redact_url(url), response.status_code,
                               redact_url(target))
                     response.close()
@@ -177,41 +141,33 @@ class SourceClient:
     def _send_once(self, method: str, url: str, accept: str | None) -> requests.Response:
         base = {"Accept": accept} if accept else {}
         headers = headers_for(url, base, self.auth, self.auth_host, self.auth_scheme)
-        last = ""
-        for attempt in range(ATTEMPTS):
-            delay = 0.3 * (2 ** attempt)
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None = None
             try:
-                response = self.session.request(method, url, headers=headers, timeout=self.timeout,
-                                                stream=True, allow_redirects=False)
-            except requests.RequestException as exc:
-                check_stop()  # request_stop() shut this connection down: a stop, not a network failure
-                if isinstance(exc, requests.exceptions.InvalidHeader):  # malformed, not transient: no retry
-                    raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} "
-                                          f"{redact_url(url)}: {redact(str(exc))}", 502) from None
-                failure = tls_failure(exc, url)  # an untrusted certificate is not transient: no retry
-                if failure is not None:
-                    raise failure from None
-                # "connection refused" (by the origin or the proxy) says more than "ConnectionError"
-                unreachable = connect_failure(exc, url, self.session)
-                last = str(unreachable) if unreachable else f"{type(exc).__name__} talking to {host_of(url)}"
-            except ValueError as exc:
-                # requests parses a Location even with allow_redirects=False ("Invalid IPv6 URL"): not transient.
-                raise HTTPStatusError(f"{host_of(url)} sent a malformed response to {method} "
-                                      f"{redact_url(url)}: {redact(str(exc))}", 502) from None
+                response = send_once(self.session, method, url, headers, self.timeout)
+            except RetryableError as exc:
+                check_stop()  # a stop request shut this connection down: a stop, not a network failure
+                last, unreachable = str(exc), exc.unreachable
+            except Exception:
+                check_stop()
+                raise  # final: an untrusted certificate, a malformed response
             else:
                 if response.status_code not in RETRYABLE_STATUSES:
                     log.debug("%s %s -> %d", method, redact_url(url), response.status_code)
                     return response
-                last = f"HTTP {response.status_code} from {host_of(url)}"
-                delay = min(5.0, parse_retry_after(response.headers.get("Retry-After")) or delay)
-                if (header_int(response.headers.get("Content-Length")) or 1 << 20) <= 64 << 10:
+                last, unreachable = f"HTTP {response.status_code} from {host_of(url)}", False
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                if (header_int(response.headers.get("Content-Length")) or 1 << 20) <= MAX_ERROR_BODY:
                     # A short error body is read before closing: closing with unread bytes resets the
                     # connection (RST), which servers log as an error (the test Hub printed tracebacks).
                     with contextlib.suppress(Exception):
-                        response.raw.read(64 << 10)
+                        response.raw.read(MAX_ERROR_BODY)
                 response.close()
-            if attempt + 1 < ATTEMPTS:
-                log.debug("%s; retrying in %.1fs", last, delay)
-                sleep_unless_stopped(delay)
-        raise NetworkError(f"cannot reach {self.label} at {host_of(url)}: {last}",
-                           hint="check your connection and the source's endpoint in the config")
+            if self.retry.gives_up(attempt, unreachable):
+                raise NetworkError(f"cannot reach {self.label} at {host_of(url)}: {last}",
+                                   hint="check your connection and the source's endpoint in the config")
+            delay = self.retry.wait.delay(attempt, retry_after)
+            log.debug("%s; retrying in %.1fs", last, delay)
+            sleep_unless_stopped(delay)

@@ -7,15 +7,11 @@ publishes about size and hashes so the engine can verify the bytes against the s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import requests
-
-from ..config import Config
-from ..engine.http import GuardedAdapter
 
 
 @dataclass(frozen=True)
@@ -51,24 +47,3 @@ class Resolver(Protocol):
 
     def resolve(self, uri: str, session: requests.Session) -> list[ResolvedFile]:
         """Files for ``uri``; raises a ModfetchError subclass with a clear one-line message on failure."""
-
-
-
-def make_session(config: Config, pool_size: int = 4) -> requests.Session:
-    """A requests Session with modfetch's User-Agent, identity encoding and a pool sized for ``pool_size``."""
-    session = requests.Session()
-    # Guarded connections: response headers within a deadline, and every socket registered so that
-    # request_stop() wakes a read on it (API calls and probes included, see engine.interrupt).
-    adapter = GuardedAdapter(pool_connections=4, pool_maxsize=max(4, pool_size), max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers.update({"User-Agent": config.network.user_agent, "Accept-Encoding": "identity"})
-    # requests trusts only certifi's bundle or REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE (those still win, per
-    # request); OpenSSL's SSL_CERT_FILE / SSL_CERT_DIR, which curl and Python's ssl honour, are what private-CA
-    # setups usually export.  A path that does not exist is ignored, as OpenSSL does.
-    for variable, exists in (("SSL_CERT_FILE", os.path.isfile), ("SSL_CERT_DIR", os.path.isdir)):
-        path = os.environ.get(variable, "")
-        if path and exists(path):
-            session.verify = path
-            break
-    return session

@@ -26,7 +26,7 @@ from ..util.filenames import sanitize_filename
 from ..util.http import MAX_SIZE, parse_content_disposition_filename
 from ..util.redact import redact_url
 from ..util.sizes import human_size
-from .api import SourceClient, token_from_env
+from .api import SourceClient, config_retry, token_from_env
 from .base import ResolvedFile
 from .uris import CivitaiUri, is_civitai_browser_url, parse_civitai_browser_url, parse_civitai_uri
 
@@ -49,6 +49,7 @@ class CivitaiResolver:
         self.endpoint_host = urlsplit(self.endpoint).netloc.rsplit("@", 1)[-1].lower()
         self.token_vars = [source.token_env, "CIVITAI_TOKEN"]
         self.timeout = config.network.timeout_seconds
+        self.retry = config_retry(config)
         token_from_env(self.token_vars)
 
     def matches(self, uri: str) -> bool:
@@ -65,7 +66,7 @@ class CivitaiResolver:
         is_uri = text.lower().startswith("civitai://")
         ref = parse_civitai_uri(text) if is_uri else parse_civitai_browser_url(text)
         var, token = token_from_env(self.token_vars)
-        client = SourceClient(session, self.endpoint, token, self.timeout, "CivitAI")
+        client = SourceClient(session, self.endpoint, token, self.timeout, "CivitAI", self.retry)
         model, version = _load(client, ref, var)
         model_id = _int(version.get("modelId")) or _int(model.get("id")) or ref.model_id or 0
         version_id = _int(version.get("id")) or ref.version_id or 0

@@ -23,7 +23,7 @@ from ..config import Config
 from ..engine.http import REDIRECT_STATUSES
 from ..errors import ModfetchError
 from ..util.redact import redact_url
-from .api import SourceClient, token_from_env
+from .api import SourceClient, config_retry, token_from_env
 from .civitai import DEFAULT_ENDPOINT
 
 log = logging.getLogger("modfetch.resolvers.civitai")
@@ -119,7 +119,8 @@ def fetch_metadata(config: Config, session: requests.Session, version_id: int) -
     source = config.sources.civitai
     endpoint = (source.endpoint or DEFAULT_ENDPOINT).rstrip("/")
     _, token = token_from_env([source.token_env, "CIVITAI_TOKEN"])
-    client = SourceClient(session, endpoint, token, config.network.timeout_seconds, "CivitAI")
+    client = SourceClient(session, endpoint, token, config.network.timeout_seconds, "CivitAI",
+                          config_retry(config))
     response, _ = client.send("GET", client.url(f"/api/v1/model-versions/{version_id}"),
                               accept="application/json")
     with response:

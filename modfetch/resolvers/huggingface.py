@@ -43,7 +43,7 @@ from ..util import hf_tree
 from ..util.http import etag_value, header_int
 from ..util.redact import redact_url
 from . import hf_token, quant
-from .api import SourceClient
+from .api import SourceClient, config_retry
 from .base import ResolvedFile
 from .uris import HfUri, is_hf_browser_url, parse_hf_browser_url, parse_hf_uri
 
@@ -68,6 +68,7 @@ class HuggingFaceResolver:
         self.token_env = source.token_env
         self.trees_dir = config.data_root / "hf-trees"
         self.timeout = config.network.timeout_seconds
+        self.retry = config_retry(config)
         self.endpoint_host = urlsplit(self.endpoint).netloc.rsplit("@", 1)[-1].lower()
         # Registers the variables (and a stored token) for redaction before anything is logged; a token file
         # that cannot be read is reported by resolve(), only when the Hub is actually used.
@@ -86,7 +87,8 @@ class HuggingFaceResolver:
         ref = parse_hf_uri(uri) if uri.strip().lower().startswith("hf://") else parse_hf_browser_url(uri)
         token = hf_token.lookup(self.token_env)
         var = token.origin
-        client = SourceClient(session, self.endpoint, token.value, self.timeout, "the Hugging Face Hub")
+        client = SourceClient(session, self.endpoint, token.value, self.timeout, "the Hugging Face Hub",
+                              self.retry)
         return _Hub(client, ref.repo_type, var, self.trees_dir).resolve(ref, uri)
 
 

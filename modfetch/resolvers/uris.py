@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from ..errors import UsageError
 from ..util.redact import redact_url
@@ -209,14 +209,19 @@ def is_hf_browser_url(uri: str, extra_hosts: Iterable[str] = ()) -> bool:
     return any(len(segs) > i + 1 and segs[i] in _BROWSER_MARKERS for i in (1, 2))
 
 
-def parse_hf_browser_url(uri: str) -> HfUri:
-    """Parse ``https://host/[datasets/]owner/repo/(blob|resolve|tree)/REV[/path]`` (REV percent-decoded)."""
+def _split_browser_url(uri: str) -> tuple[str, SplitResult, list[str]]:
+    """``(stripped text, urlsplit parts, non-empty path segments)`` of a pasted browser URL."""
     text = uri.strip()
     try:
         parts = urlsplit(text)
     except ValueError as exc:
         raise UsageError(f"invalid URL {_show(text)}: {exc}") from None
-    segs = [s for s in parts.path.split("/") if s]
+    return text, parts, [s for s in parts.path.split("/") if s]
+
+
+def parse_hf_browser_url(uri: str) -> HfUri:
+    """Parse ``https://host/[datasets/]owner/repo/(blob|resolve|tree)/REV[/path]`` (REV percent-decoded)."""
+    text, _, segs = _split_browser_url(uri)
     repo_type = "model"
     if segs and segs[0] in REPO_TYPES:
         repo_type = REPO_TYPES[segs[0]]
@@ -294,12 +299,7 @@ def is_civitai_browser_url(uri: str, extra_hosts: Iterable[str] = ()) -> bool:
 def parse_civitai_browser_url(uri: str) -> CivitaiUri:
     """Parse ``https://civitai.com/models/ID[/slug][?modelVersionId=V]`` or
     ``https://civitai.com/api/download/models/V[?type=&format=&fp=&size=]``."""
-    text = uri.strip()
-    try:
-        parts = urlsplit(text)
-    except ValueError as exc:
-        raise UsageError(f"invalid URL {_show(text)}: {exc}") from None
-    segs = [s for s in parts.path.split("/") if s]
+    text, parts, segs = _split_browser_url(uri)
     # Browser URLs carry tracking and UI parameters; keep only those that mean something here.
     pairs = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
              if k in {"modelVersionId", "version", *_CIVITAI_FILTERS}]

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from modfetch.config import Config, SourceConfig, SourcesConfig
-from modfetch.resolvers.base import make_session
+from modfetch.engine.session import make_session
 from modfetch.resolvers.registry import resolve
 from tests.servers.lookalike.hub import GOOD_TOKEN, NOACCESS_TOKEN, HubLookalike
 
