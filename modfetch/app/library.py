@@ -164,7 +164,7 @@ def remove_downloads(config: Config, db: StateDB, rows: list[DownloadRow], *, ke
                 if current is None:
                     continue  # another rm got there first
                 failures = len(report.failed)
-                if not keep_file:
+                if not keep_file and names_a_file(current):
                     _remove_files(db, current, report)
                 if len(report.failed) == failures:  # keep the rows of what could not be removed: rm again
                     _forget(db, current, report)
@@ -191,8 +191,46 @@ def _remove_files(db: StateDB, row: DownloadRow, report: RemovalReport) -> None:
         report.delete(sidecar)
     if os.path.lexists(row.part_path) and stat.S_ISREG(os.lstat(row.part_path).st_mode):
         report.delete(row.part_path)
-    if os.path.lexists(dest):
+    verdict = dest_verdict(row)
+    if verdict == "ours":
         report.delete(dest)
+    elif verdict != "absent":
+        report.kept.append(f"{dest}: {verdict}")
+
+
+def names_a_file(row: DownloadRow) -> bool:
+    """False for a row keyed by its URI (``hf://...``: a failure before any target was known).  Such a
+    ``dest_path`` is no path at all; read as one it would name something relative to the current directory."""
+    return os.path.isabs(row.dest_path)
+
+
+def dest_verdict(row: DownloadRow) -> str:
+    """``ours`` when the file at the download's path is still the one modfetch installed there, ``absent``
+    when nothing is there, otherwise why it is someone else's now (it is then left alone).
+
+    Ours, as the engine's repair judges it: the recorded size and the inode recorded when it was installed
+    (damaged in place or not; without a recorded inode, the size alone), or else the download's exact bytes (a
+    restore from backup).  The size counts too because a file deleted and replaced often gets the freed inode
+    number back.  A link, directory or other file the user put in its place is never removed."""
+    try:
+        lst = os.lstat(row.dest_path)
+    except FileNotFoundError:
+        return "absent"
+    except OSError as exc:
+        return f"cannot inspect: {exc.strerror or exc}"
+    if stat.S_ISLNK(lst.st_mode):
+        return "a link put in its place (not the file modfetch downloaded)"
+    if not stat.S_ISREG(lst.st_mode):
+        return "not a file any more"
+    recorded = row.meta.get("stat")
+    inode = recorded[2] if isinstance(recorded, list) and len(recorded) == 3 else lst.st_ino
+    if row.size is not None and lst.st_size == row.size and inode == lst.st_ino:
+        return "ours"
+    try:
+        same = bool(row.sha256) and lst.st_size == row.size and sha256_file(row.dest_path) == row.sha256
+        return "ours" if same else "not the file modfetch installed (other size, inode and bytes): delete it yourself"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
 
 
 def _sidecar_names(sidecar: Path, sha256: str, name: str) -> bool:
@@ -290,6 +328,9 @@ def prune(config: Config, db: StateDB, older_than: float = DEFAULT_PRUNE_AGE, dr
 
 
 def _prune_row(db: StateDB, row: DownloadRow, report: RemovalReport, cutoff: float) -> None:
+    if not names_a_file(row):  # a failure keyed by its URI: nothing of it on disk, nothing to resume
+        _forget(db, row, report)
+        return
     dest = Path(row.dest_path)
     part = row.part_path
     finished = row.status in (*FINISHED_STATUSES, MISMATCH)
@@ -346,5 +387,5 @@ def _forget(db: StateDB, row: DownloadRow, report: RemovalReport) -> None:
     report.forgotten.append(row.id)
 
 
-__all__ = ["DEFAULT_PRUNE_AGE", "VERIFIED", "LibraryEntry", "RemovalReport", "disk_status", "find_rows",
-           "list_library", "placement_verdict", "prune", "remove_downloads"]
+__all__ = ["DEFAULT_PRUNE_AGE", "VERIFIED", "LibraryEntry", "RemovalReport", "dest_verdict", "disk_status",
+           "find_rows", "list_library", "names_a_file", "placement_verdict", "prune", "remove_downloads"]

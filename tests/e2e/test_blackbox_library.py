@@ -1,0 +1,139 @@
+"""Hostile black-box checks of ``modfetch rm`` / ``prune`` / ``verify --repair``: the installed command, real
+local servers, real files.  Only what modfetch made is ever deleted: not a user's file that took a download's
+place, and nothing named by a failure row that is keyed by its URI (``hf://...`` is no path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MiB, Modfetch, sha256_of
+from tests.servers.faulty import FaultyServer
+from tests.servers.lookalike.civitai import CivitaiLookalike
+from tests.servers.lookalike.hub import HubLookalike
+
+Serve = Callable[..., FaultyServer]
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[HubLookalike]:
+    with HubLookalike() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def civitai() -> Iterator[CivitaiLookalike]:
+    with CivitaiLookalike() as server:
+        yield server
+
+
+def run_in(mf: Modfetch, cwd: Path, *args: str) -> tuple[int, str, str]:
+    import subprocess
+
+    proc = subprocess.run(mf.command(*args), capture_output=True, text=True, timeout=60, cwd=cwd,
+                          env=os.environ.copy(), check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize(("uri", "relative"), [
+    ("hf://acme/gated-model/model.safetensors", "hf:/acme/gated-model/model.safetensors"),
+    ("civitai://model/5500", "civitai:/model/5500"),
+])
+@pytest.mark.parametrize("command", ["rm", "prune"])
+def test_a_failure_keyed_by_its_uri_names_no_file_in_the_current_directory(
+        mf: Modfetch, hub: HubLookalike, civitai: CivitaiLookalike, tmp_path: Path, uri: str, relative: str,
+        command: str) -> None:
+    """The failed row of a URI that never resolved has ``dest_path`` = the URI.  Read as a path, ``hf://a/b``
+    is ``hf:/a/b`` relative to the current directory: rm deleted a user's files there (and their ``.part``)."""
+    mf.write_config(sources={"huggingface": {"endpoint": hub.url}, "civitai": {"endpoint": civitai.url}})
+    work = tmp_path / "work"
+    work.mkdir()
+    code, _out, err = run_in(mf, work, "-q", "download", uri)
+    assert code == 1, err
+    row = next(r for r in mf.rows() if r["status"] == "failed")
+    assert row["dest_path"] == uri
+    precious = work / relative
+    precious.parent.mkdir(parents=True)
+    precious.write_bytes(b"the user's own file")
+    part = Path(f"{precious}.part")
+    part.write_bytes(b"the user's own partial file")
+    os.utime(part, (1, 1))  # older than any --older-than
+    args = ("rm", str(row["id"])) if command == "rm" else ("prune", "--older-than", "1s")
+    for dry in (("--dry-run",), ()):
+        code, out, err = run_in(mf, work, "--json", *args, *dry)
+        assert code == 0, err
+        report = json.loads(out)
+        assert report["removed"] == [] and report["bytes_freed"] == 0 and report["forgotten"] == [row["id"]]
+    assert precious.read_bytes() == b"the user's own file" and part.exists()
+    assert not any(r["id"] == row["id"] for r in mf.rows())
+
+
+def _plant(kind: str, dest: Path, elsewhere: Path) -> None:
+    """Put something of the user's where the download was."""
+    size = dest.stat().st_size
+    if kind == "same-size-other-bytes":  # written beside it, then renamed over it: surely another inode
+        fresh = dest.with_name("fresh.tmp")
+        fresh.write_bytes(b"u" * size)
+        os.replace(fresh, dest)
+        return
+    dest.unlink()
+    if kind == "other-size":
+        dest.write_bytes(b"my own notes\n")
+    elif kind == "symlink":
+        elsewhere.write_bytes(b"the user's real file")
+        dest.symlink_to(elsewhere)
+    elif kind == "directory":
+        dest.mkdir()
+        (dest / "keep.txt").write_text("mine")
+
+
+@pytest.mark.parametrize("kind", ["same-size-other-bytes", "other-size", "symlink", "directory"])
+def test_rm_keeps_a_file_the_user_put_in_place_of_the_download(mf: Modfetch, faulty_server: Serve, tmp_path: Path,
+                                                               kind: str) -> None:
+    server = faulty_server(size=MiB, path="/model.bin")
+    result = mf.download_json(server.url)
+    dest = Path(result["path"])
+    elsewhere = tmp_path / "elsewhere.bin"
+    _plant(kind, dest, elsewhere)
+    before = os.lstat(dest)
+    proc = mf.run("--json", "rm", str(result["id"]))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert str(dest) not in report["removed"] and any(k.startswith(f"{dest}: ") for k in report["kept"])
+    assert report["removed"] == [f"{dest}.sha256"]  # modfetch's own checksum file goes
+    assert report["forgotten"] == [result["id"]] and mf.rows() == []
+    assert os.path.lexists(dest) and os.lstat(dest).st_ino == before.st_ino
+    if kind == "symlink":
+        assert elsewhere.read_bytes() == b"the user's real file"
+    if kind == "directory":
+        assert (dest / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("damage", ["none", "flipped-byte", "restored-copy"])
+def test_rm_still_removes_modfetchs_own_file_damaged_or_restored(mf: Modfetch, faulty_server: Serve,
+                                                                 tmp_path: Path, damage: str) -> None:
+    server = faulty_server(size=MiB, path="/model.bin")
+    result = mf.download_json(server.url)
+    dest = Path(result["path"])
+    if damage == "flipped-byte":
+        with open(dest, "r+b") as handle:
+            handle.seek(1000)
+            byte = handle.read(1)
+            handle.seek(1000)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+    elif damage == "restored-copy":  # from a backup: another inode, the same bytes
+        backup = tmp_path / "backup.bin"
+        shutil.copyfile(dest, backup)
+        dest.unlink()
+        tmp_path.joinpath("hold").write_bytes(b"x")  # keep the freed inode number from coming straight back
+        shutil.copyfile(backup, dest)
+        assert sha256_of(dest) == result["sha256"]
+    proc = mf.run("--json", "rm", str(dest))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert str(dest) in report["removed"] and report["kept"] == [] and not os.path.lexists(dest)
