@@ -38,11 +38,11 @@ class DownloadOptions:
     artifact_type: str | None = None
 
 
-def resolve_uri(config: Config, uri: str) -> list[ResolvedFile]:
-    """Resolve a URI with a short-lived session."""
+def resolve_uri(config: Config, uri: str, dry_run: bool = False) -> list[ResolvedFile]:
+    """Resolve a URI with a short-lived session (``dry_run``: without writing anything)."""
     session = make_session(config)
     try:
-        return resolve(uri, config, session)
+        return resolve(uri, config, session, dry_run)
     finally:
         session.close()
 
