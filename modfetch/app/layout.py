@@ -7,7 +7,8 @@ Default layout (no ``--dest``), namespaced by source so that no two different fi
   owner's folder; a revision other than ``main`` gets its own folder ``<repo>@<rev>`` with the revision
   percent-encoded (``refs/pr/1`` -> ``refs%2Fpr%2F1``: one folder name, and two revisions never share one).
 - ``civitai://``: ``<root>/civitai/<model-slug>-<modelId>/<file>``.
-- plain URLs: ``<root>/<host>/<file>``, with a non-default port as ``<host>_<port>`` (``127.0.0.1_8080``).
+- plain URLs: ``<root>/<host>/<folders of the URL path>/<file>``, with a non-default port as ``<host>_<port>``
+  (``127.0.0.1_8080``): ``http://h/sdxl/vae.safetensors`` and ``http://h/sd15/vae.safetensors`` are two files.
 
 With ``--dest DIR`` an hf:// file keeps its path inside the repo (``DIR/onnx/model.onnx``), as
 ``hf download --local-dir`` does; other sources land directly in ``DIR``.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import posixpath
 import re
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ..resolvers.base import ResolvedFile
 from ..state import FINISHED_STATUSES, MISMATCH, StateDB
@@ -42,7 +43,7 @@ def library_subdir(item: ResolvedFile) -> str:
     if item.source == "civitai":
         return posixpath.join("civitai", civitai_folder(hints.get("model_name"), hints.get("model_id"),
                                                         hints.get("version_id")))
-    return host_folder(item.url)
+    return url_subdir(item.url)
 
 
 def dest_subdir(item: ResolvedFile) -> str:
@@ -82,6 +83,18 @@ def host_folder(url: str) -> str:
     return sanitize_filename(host, fallback="unknown-host")
 
 
+def url_subdir(url: str) -> str:
+    """``<host>[_<port>]/<folders>``: the URL path's folders (without its last segment, the file name), each
+    percent-decoded on its own (``%2F`` inside a segment stays inside that one folder name) and sanitised."""
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        path = ""
+    segments = [unquote(s).replace("/", "%2F").replace("\\", "%5C") for s in path.rstrip("/").split("/")[:-1]]
+    folders = [sanitize_filename(s, fallback="_") for s in segments if s and s not in {".", ".."}]
+    return posixpath.join(host_folder(url), *folders)
+
+
 def previous_location(db: StateDB, display_url: str, root: Path) -> Path | None:
     """Where an earlier download of ``display_url`` lives inside ``root`` (the old, flat layout), if its file is
     still there (or its ``.part``, for one not finished): reruns find it there instead of fetching again to
@@ -97,4 +110,5 @@ def previous_location(db: StateDB, display_url: str, root: Path) -> Path | None:
     return None
 
 
-__all__ = ["civitai_folder", "dest_subdir", "hf_subdir", "host_folder", "library_subdir", "previous_location"]
+__all__ = ["civitai_folder", "dest_subdir", "hf_subdir", "host_folder", "library_subdir", "previous_location",
+           "url_subdir"]

@@ -137,3 +137,47 @@ def test_rm_still_removes_modfetchs_own_file_damaged_or_restored(mf: Modfetch, f
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert str(dest) in report["removed"] and report["kept"] == [] and not os.path.lexists(dest)
+
+
+def test_two_files_of_one_server_with_one_name_do_not_collide(mf: Modfetch, faulty_server: Serve) -> None:
+    """``<host>/<file>`` dropped the URL's folders: ``/sdxl/vae.safetensors`` then ``/sd15/vae.safetensors``
+    from one server met at one path, and the second download failed ("already exists")."""
+    server = faulty_server(size=MiB, path="/sdxl/vae.safetensors")
+    host = mf.dest / f"127.0.0.1_{server.port}"
+    urls = {f"{server.base}/sdxl/vae.safetensors": host / "sdxl/vae.safetensors",
+            f"{server.base}/sd15/vae.safetensors": host / "sd15/vae.safetensors",
+            f"{server.base}/vae.safetensors": host / "vae.safetensors",
+            # a %2F inside one segment is one folder name, never a way to merge with (or escape to) another
+            f"{server.base}/sd15%2Fx/vae.safetensors": host / "sd15%2Fx/vae.safetensors",
+            f"{server.base}/%2e%2e/%2E%2E/up/vae.safetensors": host / "up/vae.safetensors"}
+    proc = mf.run("--json", "download", *urls)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(json.loads(line)["path"] for line in proc.stdout.splitlines()) == sorted(map(str, urls.values()))
+
+
+def test_a_file_from_the_flat_host_layout_is_still_found_by_its_url(mf: Modfetch, faulty_server: Serve) -> None:
+    server = faulty_server(size=MiB, path="/models/model.bin")
+    url = f"{server.base}/models/model.bin"
+    old = mf.dest / f"127.0.0.1_{server.port}"
+    first = mf.run("--json", "download", "--dest", str(old), url)
+    assert first.returncode == 0, first.stderr
+    again = mf.run("--json", "download", url)
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["path"] == str(old / "model.bin") and result["already_present"] is True
+
+
+@pytest.mark.xfail(strict=True, reason="engine/download.py: _present_after_head hands a damaged file to "
+                   "_already_present, which raises TargetExistsError before _repairable is reached")
+def test_a_plain_rerun_repairs_a_damaged_file_without_force(mf: Modfetch, faulty_server: Serve) -> None:
+    """README: "rerunning the download command re-fetches only the damaged chunks".  Since the HEAD-only rerun
+    (same size + strong ETag) landed, the rerun says "already exists with different or unknown content"."""
+    server = faulty_server(size=4 * MiB, path="/model.bin")
+    result = mf.download_json(server.url)
+    dest = Path(result["path"])
+    with open(dest, "r+b") as handle:
+        handle.seek(3 * MiB + 5)
+        handle.write(b"\xff\x00\xff")
+    proc = mf.run("download", "--dest", str(mf.dest), server.url)
+    assert proc.returncode == 0, proc.stderr
+    assert "repairing it in place" in proc.stderr and sha256_of(dest) == result["sha256"]
