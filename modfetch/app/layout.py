@@ -19,6 +19,7 @@ refuses anything that would leave the root).
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 from pathlib import Path
@@ -32,6 +33,7 @@ DEFAULT_REVISION = "main"
 _REPO_TYPE_FOLDER = {"dataset": "datasets", "space": "spaces"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _SLUG_MAX = 60
+_URL_FOLDERS_MAX = 1024  # bytes of a URL's folders kept as folders; a longer path gets one hashed folder
 
 
 def library_subdir(item: ResolvedFile) -> str:
@@ -92,6 +94,9 @@ def url_subdir(url: str) -> str:
         path = ""
     segments = [unquote(s).replace("/", "%2F").replace("\\", "%5C") for s in path.rstrip("/").split("/")[:-1]]
     folders = [sanitize_filename(s, fallback="_") for s in segments if s and s not in {".", ".."}]
+    if len("/".join(folders).encode()) > _URL_FOLDERS_MAX:
+        # A URL path that would not fit a file system's PATH_MAX: one folder named by its hash (no collision).
+        folders = ["_" + hashlib.sha256("/".join(segments).encode("utf-8", "surrogatepass")).hexdigest()[:24]]
     return posixpath.join(host_folder(url), *folders)
 
 

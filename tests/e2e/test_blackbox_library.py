@@ -155,6 +155,17 @@ def test_two_files_of_one_server_with_one_name_do_not_collide(mf: Modfetch, faul
     assert sorted(json.loads(line)["path"] for line in proc.stdout.splitlines()) == sorted(map(str, urls.values()))
 
 
+def test_a_url_path_too_long_for_folders_still_downloads(mf: Modfetch, faulty_server: Serve) -> None:
+    """30 folders of 200 bytes exceed PATH_MAX: they become one hashed folder, two such URLs stay apart."""
+    server = faulty_server(size=MiB, path="/x.bin")
+    long_a = "/".join(["a" * 200] * 30)
+    long_b = "/".join(["a" * 200] * 29 + ["b" * 200])
+    proc = mf.run("--json", "download", f"{server.base}/{long_a}/x.bin", f"{server.base}/{long_b}/x.bin")
+    assert proc.returncode == 0, proc.stderr
+    paths = [Path(json.loads(line)["path"]) for line in proc.stdout.splitlines()]
+    assert len(set(paths)) == 2 and all(p.parent.parent == mf.dest / f"127.0.0.1_{server.port}" for p in paths)
+
+
 def test_a_file_from_the_flat_host_layout_is_still_found_by_its_url(mf: Modfetch, faulty_server: Serve) -> None:
     server = faulty_server(size=MiB, path="/models/model.bin")
     url = f"{server.base}/models/model.bin"
