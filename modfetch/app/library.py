@@ -334,6 +334,12 @@ def _prune_row(db: StateDB, row: DownloadRow, report: RemovalReport, cutoff: flo
     dest = Path(row.dest_path)
     part = row.part_path
     finished = row.status in (*FINISHED_STATUSES, MISMATCH)
+    if not os.path.lexists(dest) and not os.path.isdir(dest.parent):
+        # Its whole folder is gone: most likely a disk or share that is not mounted now.  Forgetting would lose
+        # the records (and the app links) of files that come back with the mount; `rm ID` forgets on purpose.
+        report.kept.append(f"{dest}: its folder {dest.parent} is missing too (a disk not mounted?); not "
+                           f"forgotten: 'modfetch rm {row.id}' forgets it")
+        return
     if finished and not os.path.lexists(dest):
         for placement in _placements_of(db, row):
             _prune_placement(db, placement, report, row)

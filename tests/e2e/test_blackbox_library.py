@@ -192,3 +192,31 @@ def test_a_plain_rerun_repairs_a_damaged_file_without_force(mf: Modfetch, faulty
     proc = mf.run("download", "--dest", str(mf.dest), server.url)
     assert proc.returncode == 0, proc.stderr
     assert "repairing it in place" in proc.stderr and sha256_of(dest) == result["sha256"]
+
+
+def test_prune_does_not_forget_a_library_whose_disk_is_not_mounted(mf: Modfetch, faulty_server: Serve,
+                                                                  tmp_path: Path) -> None:
+    """A cron ``prune`` while the models disk is unmounted forgot every download and removed every app link."""
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    mount = tmp_path / "mnt"
+    mf.write_config(general={"download_root": str(mount / "models")},
+                    placement={"apps": {"comfyui": {"preset": "comfyui", "base": str(comfy)}}})
+    server = faulty_server(size=MiB, path="/lora.safetensors")
+    proc = mf.run("--json", "download", "--type", "sd.lora", "--place", server.url)
+    assert proc.returncode == 0, proc.stderr
+    dest = Path(json.loads(proc.stdout)["path"])
+    link = comfy / "models/loras/lora.safetensors"
+    assert link.is_symlink()
+    (mount / "models").rename(tmp_path / "elsewhere")  # "unmounted": the whole tree is gone
+    pruned = mf.run("--json", "prune")
+    assert pruned.returncode == 0, pruned.stderr
+    report = json.loads(pruned.stdout)
+    assert report["forgotten"] == [] and report["removed"] == [] and report["kept"][0].startswith(f"{dest}: ")
+    assert link.is_symlink() and len(mf.rows()) == 1
+    (tmp_path / "elsewhere").rename(mount / "models")  # mounted again: all there
+    listed = json.loads(mf.run("--json", "list").stdout)
+    assert [e["status"] for e in listed] == ["complete"] and link.resolve() == dest
+    dest.unlink()  # a file deleted on purpose (its folder is there) is still forgotten
+    again = json.loads(mf.run("--json", "prune").stdout)
+    assert again["forgotten"] == [listed[0]["id"]] and not os.path.lexists(link)
