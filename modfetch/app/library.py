@@ -9,6 +9,7 @@ under its target lock (``engine.files.TargetLock``), so nothing is removed under
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import time
@@ -196,6 +197,38 @@ def _remove_files(db: StateDB, row: DownloadRow, report: RemovalReport) -> None:
         report.delete(dest)
     elif verdict != "absent":
         report.kept.append(f"{dest}: {verdict}")
+    _remove_sidecars(row, report)
+
+
+MAX_SIDECAR_BYTES = 32 << 20  # a --metadata info JSON or preview (at most 16 MiB); anything bigger is not one
+
+
+def sidecar_holds(path: Path, sha256: str) -> bool:
+    """True when ``path`` is a small regular file (not a link) whose SHA-256 is ``sha256``."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SIDECAR_BYTES:
+            return False
+        return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False
+
+
+def _remove_sidecars(row: DownloadRow, report: RemovalReport) -> None:
+    """The ``--metadata`` sidecars recorded for ``row`` (``app.metadata``), each once the file it sits beside
+    is gone (removed now or before) and only while its bytes are still the ones modfetch wrote."""
+    for item in row.meta.get("sidecars") or []:
+        if not isinstance(item, dict):
+            continue
+        path, want, beside = item.get("path"), item.get("sha256"), item.get("beside")
+        if not (isinstance(path, str) and isinstance(want, str) and isinstance(beside, str)):
+            continue
+        if os.path.lexists(beside) and not (report.dry_run and beside in report.removed):
+            continue  # its model is still there (a copy kept, a file the user put there): the sidecar stays
+        if sidecar_holds(Path(path), want):
+            report.delete(Path(path))
+        elif os.path.lexists(path):
+            report.kept.append(f"{path}: changed since modfetch wrote it")
 
 
 def names_a_file(row: DownloadRow) -> bool:
@@ -343,6 +376,7 @@ def _prune_row(db: StateDB, row: DownloadRow, report: RemovalReport, cutoff: flo
     if finished and not os.path.lexists(dest):
         for placement in _placements_of(db, row):
             _prune_placement(db, placement, report, row)
+        _remove_sidecars(row, report)
         _forget(db, row, report)
         return
     if finished:

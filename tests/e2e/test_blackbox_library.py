@@ -220,3 +220,33 @@ def test_prune_does_not_forget_a_library_whose_disk_is_not_mounted(mf: Modfetch,
     dest.unlink()  # a file deleted on purpose (its folder is there) is still forgotten
     again = json.loads(mf.run("--json", "prune").stdout)
     assert again["forgotten"] == [listed[0]["id"]] and not os.path.lexists(link)
+
+
+@pytest.mark.parametrize("how", ["rm", "prune"])
+def test_metadata_sidecars_go_with_their_model(mf: Modfetch, civitai: CivitaiLookalike, tmp_path: Path,
+                                               how: str) -> None:
+    """``--metadata`` sidecars were left behind by rm (and prune): beside the gone file and in the app folders,
+    where a later model of the same stem would have been shown with this one's info ("never over an existing
+    file").  A sidecar the user edited since is kept."""
+    comfy, webui = tmp_path / "ComfyUI", tmp_path / "webui"
+    comfy.mkdir()
+    webui.mkdir()
+    mf.write_config(sources={"civitai": {"endpoint": civitai.url}}, general={"download_root": str(mf.dest)},
+                    placement={"apps": {"comfyui": {"preset": "comfyui", "base": str(comfy)},
+                                        "a1111": {"preset": "a1111", "base": str(webui)}}})
+    proc = mf.run("--json", "download", "--place", "--metadata", "civitai://model/4201")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    sidecars = [Path(s["path"]) for s in result["sidecars"]]
+    assert len(sidecars) == 3 and all(p.is_file() for p in sidecars)
+    edited = next(p for p in sidecars if p.is_relative_to(webui))
+    edited.write_text('{"my": "notes"}', encoding="utf-8")
+    if how == "rm":
+        done = mf.run("--json", "rm", str(result["id"]))
+    else:
+        Path(result["path"]).unlink()
+        done = mf.run("--json", "prune")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [p for p in sidecars if p.exists()] == [edited] and edited.read_text() == '{"my": "notes"}'
+    assert f"{edited}: changed since modfetch wrote it" in report["kept"]
