@@ -367,9 +367,9 @@ def _prune_row(db: StateDB, row: DownloadRow, report: RemovalReport, cutoff: flo
     dest = Path(row.dest_path)
     part = row.part_path
     finished = row.status in (*FINISHED_STATUSES, MISMATCH)
-    if not os.path.lexists(dest) and not os.path.isdir(dest.parent):
-        # Its whole folder is gone: most likely a disk or share that is not mounted now.  Forgetting would lose
-        # the records (and the app links) of files that come back with the mount; `rm ID` forgets on purpose.
+    if not os.path.lexists(dest) and _not_mounted(dest):
+        # Forgetting would lose the records (and the app links) of files that come back with the mount;
+        # `rm ID` forgets on purpose.
         report.kept.append(f"{dest}: its folder {dest.parent} is missing too (a disk not mounted?); not "
                            f"forgotten: 'modfetch rm {row.id}' forgets it")
         return
@@ -392,6 +392,22 @@ def _prune_row(db: StateDB, row: DownloadRow, report: RemovalReport, cutoff: flo
     stale = stat.S_ISREG(part_st.st_mode) and part_st.st_mtime < cutoff and row.updated_at < cutoff
     if stale and report.delete(part):
         _forget(db, row, report)
+
+
+def _not_mounted(dest: Path) -> bool:
+    """True when ``dest``'s folder is gone and the nearest folder that exists is empty: what a disk or share
+    that is not mounted looks like (its mount point stays, empty).  A deleted file, or a folder deleted from a
+    library that still holds others, is not that."""
+    if os.path.isdir(dest.parent):
+        return False
+    for ancestor in dest.parent.parents:
+        if os.path.isdir(ancestor):
+            try:
+                with os.scandir(ancestor) as entries:
+                    return next(entries, None) is None
+            except OSError:
+                return True
+    return True
 
 
 def _prune_placement(db: StateDB, placement: PlacementRow, report: RemovalReport,

@@ -217,7 +217,9 @@ def test_prune_does_not_forget_a_library_whose_disk_is_not_mounted(mf: Modfetch,
     (tmp_path / "elsewhere").rename(mount / "models")  # mounted again: all there
     listed = json.loads(mf.run("--json", "list").stdout)
     assert [e["status"] for e in listed] == ["complete"] and link.resolve() == dest
-    dest.unlink()  # a file deleted on purpose (its folder is there) is still forgotten
+    other = faulty_server(size=MiB, path="/other.bin")
+    assert mf.run("-q", "download", f"{other.base}/keep/other.bin").returncode == 0
+    shutil.rmtree(dest.parent)  # a folder deleted on purpose, in a library that still holds others: forgotten
     again = json.loads(mf.run("--json", "prune").stdout)
     assert again["forgotten"] == [listed[0]["id"]] and not os.path.lexists(link)
 
