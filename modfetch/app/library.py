@@ -141,6 +141,9 @@ def find_rows(db: StateDB, targets: Iterable[str]) -> list[DownloadRow]:
             row = db.get_download(int(target)) if int(target) < 2**63 else None
             if row is None:
                 raise UsageError(f"no download with id {target}", hint="run 'modfetch list' to see them")
+        elif "://" in target:  # the PATH that `status` shows for a failure keyed by its URI
+            found = db.find_by_dest(target.strip())
+            row = found if found is not None and not names_a_file(found) else None
         elif "\x00" not in target:
             path = expand_path(target)
             for candidate in dict.fromkeys([str(path), os.path.realpath(path)]):

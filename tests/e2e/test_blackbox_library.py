@@ -63,7 +63,7 @@ def test_a_failure_keyed_by_its_uri_names_no_file_in_the_current_directory(
     part = Path(f"{precious}.part")
     part.write_bytes(b"the user's own partial file")
     os.utime(part, (1, 1))  # older than any --older-than
-    args = ("rm", str(row["id"])) if command == "rm" else ("prune", "--older-than", "1s")
+    args = ("rm", str(row["id"]), uri) if command == "rm" else ("prune", "--older-than", "1s")
     for dry in (("--dry-run",), ()):
         code, out, err = run_in(mf, work, "--json", *args, *dry)
         assert code == 0, err
