@@ -85,7 +85,7 @@ def build_request(config: Config, item: ResolvedFile, options: DownloadOptions, 
         if old is not None:
             dest_dir, filename = old.parent, old.name
         else:
-            subdir = library_subdir(item)
+            subdir = library_subdir(item, config.download_root)
     return DownloadRequest(
         url=item.url,
         dest_dir=dest_dir,

@@ -20,6 +20,7 @@ refuses anything that would leave the root).
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import re
 from pathlib import Path
@@ -36,8 +37,11 @@ _SLUG_MAX = 60
 _URL_FOLDERS_MAX = 1024  # bytes of a URL's folders kept as folders; a longer path gets one hashed folder
 
 
-def library_subdir(item: ResolvedFile) -> str:
-    """The sub-path below the download root for ``item`` in the default layout (without the file name)."""
+def library_subdir(item: ResolvedFile, root: Path | None = None) -> str:
+    """The sub-path below the download root for ``item`` in the default layout (without the file name).
+
+    With ``root``, a plain URL whose folders meet a file already there (``http://h/llama`` was downloaded, now
+    ``http://h/llama/config.json``) gets its hashed folder instead of failing with "not a directory"."""
     hints = item.hints
     if item.source == "huggingface" and hints.get("repo_id"):
         return hf_subdir(str(hints["repo_id"]), str(hints.get("repo_type") or "model"),
@@ -45,7 +49,22 @@ def library_subdir(item: ResolvedFile) -> str:
     if item.source == "civitai":
         return posixpath.join("civitai", civitai_folder(hints.get("model_name"), hints.get("model_id"),
                                                         hints.get("version_id")))
-    return url_subdir(item.url)
+    folders = url_subdir(item.url)
+    if root is not None and _meets_a_file(root, folders):
+        return url_subdir(item.url, hashed=True)
+    return folders
+
+
+def _meets_a_file(root: Path, subdir: str) -> bool:
+    """True when a prefix of ``root/subdir`` exists and is not a folder."""
+    path = root
+    for part in subdir.split("/"):
+        path = path / part
+        if not path.exists():
+            return os.path.lexists(path)  # a dangling link is in the way too
+        if not path.is_dir():
+            return True
+    return False
 
 
 def dest_subdir(item: ResolvedFile) -> str:
@@ -85,7 +104,7 @@ def host_folder(url: str) -> str:
     return sanitize_filename(host, fallback="unknown-host")
 
 
-def url_subdir(url: str) -> str:
+def url_subdir(url: str, hashed: bool = False) -> str:
     """``<host>[_<port>]/<folders>``: the URL path's folders (without its last segment, the file name), each
     percent-decoded on its own (``%2F`` inside a segment stays inside that one folder name) and sanitised."""
     try:
@@ -94,8 +113,8 @@ def url_subdir(url: str) -> str:
         path = ""
     segments = [unquote(s).replace("/", "%2F").replace("\\", "%5C") for s in path.rstrip("/").split("/")[:-1]]
     folders = [sanitize_filename(s, fallback="_") for s in segments if s and s not in {".", ".."}]
-    if len("/".join(folders).encode()) > _URL_FOLDERS_MAX:
-        # A URL path that would not fit a file system's PATH_MAX: one folder named by its hash (no collision).
+    if folders and (hashed or len("/".join(folders).encode()) > _URL_FOLDERS_MAX):
+        # Folders that would not fit PATH_MAX, or that meet a file already there: one folder named by their hash.
         folders = ["_" + hashlib.sha256("/".join(segments).encode("utf-8", "surrogatepass")).hexdigest()[:24]]
     return posixpath.join(host_folder(url), *folders)
 

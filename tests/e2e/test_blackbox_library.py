@@ -155,6 +155,19 @@ def test_two_files_of_one_server_with_one_name_do_not_collide(mf: Modfetch, faul
     assert sorted(json.loads(line)["path"] for line in proc.stdout.splitlines()) == sorted(map(str, urls.values()))
 
 
+def test_url_folders_that_meet_a_downloaded_file_get_their_own_folder(mf: Modfetch, faulty_server: Serve) -> None:
+    """``http://h/llama`` (a file) then ``http://h/llama/config.json``: "Not a directory" once URL folders were
+    kept.  The second gets a hashed folder, also on its rerun (found by URL), and the first file is untouched."""
+    server = faulty_server(size=MiB, path="/llama")
+    first = json.loads(mf.run("--json", "download", f"{server.base}/llama").stdout)
+    for _ in range(2):
+        proc = mf.run("--json", "download", f"{server.base}/llama/config.json")
+        assert proc.returncode == 0, proc.stderr
+        path = Path(json.loads(proc.stdout)["path"])
+        assert path.name == "config.json" and path.parent.name.startswith("_")
+        assert path.parent.parent == Path(first["path"]).parent and sha256_of(Path(first["path"])) == first["sha256"]
+
+
 def test_a_url_path_too_long_for_folders_still_downloads(mf: Modfetch, faulty_server: Serve) -> None:
     """30 folders of 200 bytes exceed PATH_MAX: they become one hashed folder, two such URLs stay apart."""
     server = faulty_server(size=MiB, path="/x.bin")
