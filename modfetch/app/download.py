@@ -39,11 +39,11 @@ class DownloadOptions:
     artifact_type: str | None = None
 
 
-def resolve_uri(config: Config, uri: str) -> list[ResolvedFile]:
-    """Resolve a URI with a short-lived session."""
+def resolve_uri(config: Config, uri: str, dry_run: bool = False) -> list[ResolvedFile]:
+    """Resolve a URI with a short-lived session (``dry_run``: without writing anything)."""
     session = make_session(config)
     try:
-        return resolve(uri, config, session)
+        return resolve(uri, config, session, dry_run)
     finally:
         session.close()
 
@@ -86,7 +86,7 @@ def build_request(config: Config, item: ResolvedFile, options: DownloadOptions, 
         if old is not None:
             dest_dir, filename = old.parent, old.name
         else:
-            subdir = library_subdir(item)
+            subdir = library_subdir(item, config.download_root)
     return DownloadRequest(
         url=item.url,
         dest_dir=dest_dir,

@@ -55,7 +55,7 @@ class PlannedFile:
 def dry_run(config: Config, uri: str, options: DownloadOptions, apps: list[AppSpec] | None = None,
             mode: str | None = None) -> list[PlannedFile]:
     """What downloading ``uri`` would do; ``apps`` (from ``--place``) adds the placements it would make."""
-    items = resolve_uri(config, uri)
+    items = resolve_uri(config, uri, dry_run=True)
     if not items:
         raise UsageError(f"{redact_url(uri)} names no files", hint="check the include/exclude patterns")
     requests_ = [build_request(config, item, options, single=len(items) == 1) for item in items]

@@ -9,6 +9,7 @@ under its target lock (``engine.files.TargetLock``), so nothing is removed under
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import time
@@ -140,6 +141,9 @@ def find_rows(db: StateDB, targets: Iterable[str]) -> list[DownloadRow]:
             row = db.get_download(int(target)) if int(target) < 2**63 else None
             if row is None:
                 raise UsageError(f"no download with id {target}", hint="run 'modfetch list' to see them")
+        elif "://" in target:  # the PATH that `status` shows for a failure keyed by its URI
+            found = db.find_by_dest(target.strip())
+            row = found if found is not None and not names_a_file(found) else None
         elif "\x00" not in target:
             path = expand_path(target)
             for candidate in dict.fromkeys([str(path), os.path.realpath(path)]):
@@ -164,7 +168,7 @@ def remove_downloads(config: Config, db: StateDB, rows: list[DownloadRow], *, ke
                 if current is None:
                     continue  # another rm got there first
                 failures = len(report.failed)
-                if not keep_file:
+                if not keep_file and names_a_file(current):
                     _remove_files(db, current, report)
                 if len(report.failed) == failures:  # keep the rows of what could not be removed: rm again
                     _forget(db, current, report)
@@ -191,8 +195,78 @@ def _remove_files(db: StateDB, row: DownloadRow, report: RemovalReport) -> None:
         report.delete(sidecar)
     if os.path.lexists(row.part_path) and stat.S_ISREG(os.lstat(row.part_path).st_mode):
         report.delete(row.part_path)
-    if os.path.lexists(dest):
+    verdict = dest_verdict(row)
+    if verdict == "ours":
         report.delete(dest)
+    elif verdict != "absent":
+        report.kept.append(f"{dest}: {verdict}")
+    _remove_sidecars(row, report)
+
+
+MAX_SIDECAR_BYTES = 32 << 20  # a --metadata info JSON or preview (at most 16 MiB); anything bigger is not one
+
+
+def sidecar_holds(path: Path, sha256: str) -> bool:
+    """True when ``path`` is a small regular file (not a link) whose SHA-256 is ``sha256``."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SIDECAR_BYTES:
+            return False
+        return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    except OSError:
+        return False
+
+
+def _remove_sidecars(row: DownloadRow, report: RemovalReport) -> None:
+    """The ``--metadata`` sidecars recorded for ``row`` (``app.metadata``), each once the file it sits beside
+    is gone (removed now or before) and only while its bytes are still the ones modfetch wrote."""
+    for item in row.meta.get("sidecars") or []:
+        if not isinstance(item, dict):
+            continue
+        path, want, beside = item.get("path"), item.get("sha256"), item.get("beside")
+        if not (isinstance(path, str) and isinstance(want, str) and isinstance(beside, str)):
+            continue
+        if os.path.lexists(beside) and not (report.dry_run and beside in report.removed):
+            continue  # its model is still there (a copy kept, a file the user put there): the sidecar stays
+        if sidecar_holds(Path(path), want):
+            report.delete(Path(path))
+        elif os.path.lexists(path):
+            report.kept.append(f"{path}: changed since modfetch wrote it")
+
+
+def names_a_file(row: DownloadRow) -> bool:
+    """False for a row keyed by its URI (``hf://...``: a failure before any target was known).  Such a
+    ``dest_path`` is no path at all; read as one it would name something relative to the current directory."""
+    return os.path.isabs(row.dest_path)
+
+
+def dest_verdict(row: DownloadRow) -> str:
+    """``ours`` when the file at the download's path is still the one modfetch installed there, ``absent``
+    when nothing is there, otherwise why it is someone else's now (it is then left alone).
+
+    Ours, as the engine's repair judges it: the recorded size and the inode recorded when it was installed
+    (damaged in place or not; without a recorded inode, the size alone), or else the download's exact bytes (a
+    restore from backup).  The size counts too because a file deleted and replaced often gets the freed inode
+    number back.  A link, directory or other file the user put in its place is never removed."""
+    try:
+        lst = os.lstat(row.dest_path)
+    except FileNotFoundError:
+        return "absent"
+    except OSError as exc:
+        return f"cannot inspect: {exc.strerror or exc}"
+    if stat.S_ISLNK(lst.st_mode):
+        return "a link put in its place (not the file modfetch downloaded)"
+    if not stat.S_ISREG(lst.st_mode):
+        return "not a file any more"
+    recorded = row.meta.get("stat")
+    inode = recorded[2] if isinstance(recorded, list) and len(recorded) == 3 else lst.st_ino
+    if row.size is not None and lst.st_size == row.size and inode == lst.st_ino:
+        return "ours"
+    try:
+        same = bool(row.sha256) and lst.st_size == row.size and sha256_file(row.dest_path) == row.sha256
+        return "ours" if same else "not the file modfetch installed (other size, inode and bytes): delete it yourself"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
 
 
 def _sidecar_names(sidecar: Path, sha256: str, name: str) -> bool:
@@ -290,12 +364,22 @@ def prune(config: Config, db: StateDB, older_than: float = DEFAULT_PRUNE_AGE, dr
 
 
 def _prune_row(db: StateDB, row: DownloadRow, report: RemovalReport, cutoff: float) -> None:
+    if not names_a_file(row):  # a failure keyed by its URI: nothing of it on disk, nothing to resume
+        _forget(db, row, report)
+        return
     dest = Path(row.dest_path)
     part = row.part_path
     finished = row.status in (*FINISHED_STATUSES, MISMATCH)
+    if not os.path.lexists(dest) and _not_mounted(dest):
+        # Forgetting would lose the records (and the app links) of files that come back with the mount;
+        # `rm ID` forgets on purpose.
+        report.kept.append(f"{dest}: its folder {dest.parent} is missing too (a disk not mounted?); not "
+                           f"forgotten: 'modfetch rm {row.id}' forgets it")
+        return
     if finished and not os.path.lexists(dest):
         for placement in _placements_of(db, row):
             _prune_placement(db, placement, report, row)
+        _remove_sidecars(row, report)
         _forget(db, row, report)
         return
     if finished:
@@ -311,6 +395,22 @@ def _prune_row(db: StateDB, row: DownloadRow, report: RemovalReport, cutoff: flo
     stale = stat.S_ISREG(part_st.st_mode) and part_st.st_mtime < cutoff and row.updated_at < cutoff
     if stale and report.delete(part):
         _forget(db, row, report)
+
+
+def _not_mounted(dest: Path) -> bool:
+    """True when ``dest``'s folder is gone and the nearest folder that exists is empty: what a disk or share
+    that is not mounted looks like (its mount point stays, empty).  A deleted file, or a folder deleted from a
+    library that still holds others, is not that."""
+    if os.path.isdir(dest.parent):
+        return False
+    for ancestor in dest.parent.parents:
+        if os.path.isdir(ancestor):
+            try:
+                with os.scandir(ancestor) as entries:
+                    return next(entries, None) is None
+            except OSError:
+                return True
+    return True
 
 
 def _prune_placement(db: StateDB, placement: PlacementRow, report: RemovalReport,
@@ -346,5 +446,5 @@ def _forget(db: StateDB, row: DownloadRow, report: RemovalReport) -> None:
     report.forgotten.append(row.id)
 
 
-__all__ = ["DEFAULT_PRUNE_AGE", "VERIFIED", "LibraryEntry", "RemovalReport", "disk_status", "find_rows",
-           "list_library", "placement_verdict", "prune", "remove_downloads"]
+__all__ = ["DEFAULT_PRUNE_AGE", "VERIFIED", "LibraryEntry", "RemovalReport", "dest_verdict", "disk_status",
+           "find_rows", "list_library", "names_a_file", "placement_verdict", "prune", "remove_downloads"]

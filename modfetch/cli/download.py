@@ -14,7 +14,7 @@ from ..metrics import checkpoint_writer
 from ..paths import expand_path
 from ..util.filenames import check_plain_filename
 from ..util.inputfile import read_uri_list
-from ..util.sizes import parse_size
+from ..util.sizes import parse_rate, parse_size
 from . import report_error, write_metrics
 from .context import CliState, global_options, pass_state
 from .progress import progress_factory
@@ -74,7 +74,7 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
 def _apply_limit_rate(state: CliState, text: str) -> None:
     """--limit-rate overrides network.max_bytes_per_second for this run (batch jobs included)."""
     try:
-        rate = 0 if text.strip() in ("0", "0K", "0M", "0k", "0m") else parse_size(text)
+        rate = parse_rate(text)
     except UsageError as exc:
         raise UsageError(f"--limit-rate: {exc.message}", hint="e.g. --limit-rate 10M or 500K (0: unlimited)") \
             from None
@@ -132,6 +132,11 @@ def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ..
         check_plain_filename(out, "--out")
     if out and len(targets) > 1:
         raise UsageError("--out names one file, but several URLs were given")
+    if len(targets) > 1:
+        from ..resolvers.registry import check_uri
+
+        for target in targets:  # bad input stops the run before the first file, not after it
+            check_uri(target, config)
     if dry_run:
         return _dry_run(state, targets, options, pick, place)
     factory = progress_factory(state.quiet, state.json_output)

@@ -57,14 +57,17 @@ class CivitaiResolver:
         text = uri.strip()
         return text.lower().startswith("civitai://") or is_civitai_browser_url(text, [self.endpoint_host])
 
-    def resolve(self, uri: str, session: requests.Session) -> list[ResolvedFile]:
-        """The one file ``uri`` selects, with CivitAI's SHA-256 and placement hints."""
+    def check(self, uri: str) -> CivitaiUri:
+        """The parsed URI; UsageError (without any request) when the source is off or the URI is malformed."""
         if not self.enabled:
             raise UsageError("the civitai source is disabled in the config",
                              hint="set sources.civitai.enabled: true to use civitai:// URIs")
         text = uri.strip()
-        is_uri = text.lower().startswith("civitai://")
-        ref = parse_civitai_uri(text) if is_uri else parse_civitai_browser_url(text)
+        return parse_civitai_uri(text) if text.lower().startswith("civitai://") else parse_civitai_browser_url(text)
+
+    def resolve(self, uri: str, session: requests.Session) -> list[ResolvedFile]:
+        """The one file ``uri`` selects, with CivitAI's SHA-256 and placement hints."""
+        ref = self.check(uri)
         var, token = token_from_env(self.token_vars)
         client = SourceClient(session, self.endpoint, token, self.timeout, "CivitAI", self.retry)
         model, version = _load(client, ref, var)

@@ -39,9 +39,13 @@ class HttpResolver:
         """True for http:// and https:// URLs."""
         return uri.lower().startswith(("http://", "https://"))
 
+    def check(self, uri: str) -> None:
+        """UsageError for a URL that can never be fetched (no host, a bad port, ...)."""
+        validate_http_url(uri)
+
     def resolve(self, uri: str, session: requests.Session) -> list[ResolvedFile]:
         """The URL itself; the name comes from Content-Disposition or the URL path at download time."""
-        validate_http_url(uri)
+        self.check(uri)
         del session
         return [ResolvedFile(url=uri, filename=None, display_url=redact_url(uri), source="http",
                              hints={"url_name": filename_from_url(uri) or ""})]

@@ -61,12 +61,13 @@ class HuggingFaceResolver:
 
     name = "huggingface"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, save_trees: bool = True) -> None:
+        """``save_trees=False`` (a dry run) keeps repo listings in memory: nothing is written."""
         source = config.sources.huggingface
         self.enabled = source.enabled
         self.endpoint = (os.environ.get("HF_ENDPOINT") or source.endpoint or DEFAULT_ENDPOINT).rstrip("/")
         self.token_env = source.token_env
-        self.trees_dir = config.data_root / "hf-trees"
+        self.trees_dir: Path | None = config.data_root / "hf-trees" if save_trees else None
         self.timeout = config.network.timeout_seconds
         self.retry = config_retry(config)
         self.endpoint_host = urlsplit(self.endpoint).netloc.rsplit("@", 1)[-1].lower()
@@ -79,12 +80,16 @@ class HuggingFaceResolver:
         """True for ``hf://`` and Hub file/folder URLs on huggingface.co or the configured endpoint host."""
         return uri.strip().lower().startswith("hf://") or is_hf_browser_url(uri, [self.endpoint_host])
 
-    def resolve(self, uri: str, session: requests.Session) -> list[ResolvedFile]:
-        """The file(s) ``uri`` names; one line errors for gated/missing repos, revisions and files."""
+    def check(self, uri: str) -> HfUri:
+        """The parsed URI; UsageError (without any request) when the source is off or the URI is malformed."""
         if not self.enabled:
             raise UsageError("the huggingface source is disabled in the config",
                              hint="set sources.huggingface.enabled: true to use hf:// URIs")
-        ref = parse_hf_uri(uri) if uri.strip().lower().startswith("hf://") else parse_hf_browser_url(uri)
+        return parse_hf_uri(uri) if uri.strip().lower().startswith("hf://") else parse_hf_browser_url(uri)
+
+    def resolve(self, uri: str, session: requests.Session) -> list[ResolvedFile]:
+        """The file(s) ``uri`` names; one line errors for gated/missing repos, revisions and files."""
+        ref = self.check(uri)
         token = hf_token.lookup(self.token_env)
         var = token.origin
         client = SourceClient(session, self.endpoint, token.value, self.timeout, "the Hugging Face Hub",

@@ -15,6 +15,23 @@ _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb":
 
 def parse_size(text: str) -> int:
     """Parse ``16M``, ``1GiB``, ``524288`` into bytes (K/M/G alone are binary units)."""
+    _number, value = _parse_bytes(text)
+    if value <= 0:
+        raise UsageError(f"size must be positive: {text!r}")
+    return value
+
+
+def parse_rate(text: str) -> int:
+    """A rate in bytes per second like ``parse_size``, where zero in any spelling (``0``, ``0.0``, ``0M``)
+    means unlimited; a fraction of a byte per second is refused rather than read as zero."""
+    number, value = _parse_bytes(text)
+    if value <= 0 and number != 0:
+        raise UsageError(f"size must be 0 (unlimited) or at least 1 byte: {text!r}")
+    return max(value, 0)
+
+
+def _parse_bytes(text: str) -> tuple[float, int]:
+    """The number as written and the whole bytes it means."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text or "")
     unit = match.group(2).lower() if match else ""
     if not match or unit not in _UNITS:
@@ -22,10 +39,7 @@ def parse_size(text: str) -> int:
     number = float(match.group(1))
     if not math.isfinite(number) or number * _UNITS[unit] > MAX_SIZE:  # "1" + 400 zeros is inf as a float
         raise UsageError(f"size too large: {text!r}", hint="at most 1 TiB")
-    value = int(number * _UNITS[unit])
-    if value <= 0:
-        raise UsageError(f"size must be positive: {text!r}")
-    return value
+    return number, int(number * _UNITS[unit])
 
 
 def human_size(n: int | float | None) -> str:
