@@ -191,8 +191,6 @@ def test_a_file_from_the_flat_host_layout_is_still_found_by_its_url(mf: Modfetch
     assert result["path"] == str(old / "model.bin") and result["already_present"] is True
 
 
-@pytest.mark.xfail(strict=True, reason="engine/download.py: _present_after_head hands a damaged file to "
-                   "_already_present, which raises TargetExistsError before _repairable is reached")
 def test_a_plain_rerun_repairs_a_damaged_file_without_force(mf: Modfetch, faulty_server: Serve) -> None:
     """README: "rerunning the download command re-fetches only the damaged chunks".  Since the HEAD-only rerun
     (same size + strong ETag) landed, the rerun says "already exists with different or unknown content"."""

@@ -103,8 +103,6 @@ def test_limit_rate_zero_spellings_lift_the_limit(mf: Modfetch, faulty_server: t
     assert (mf.dest / "fast.bin").stat().st_size == MiB
 
 
-@pytest.mark.xfail(strict=True, reason="metrics.py counts rows with status 'missing', a status verify never "
-                   "writes (a deleted file keeps its row's status so list/prune see it)")
 def test_verify_mismatches_counts_a_deleted_file(mf: Modfetch, faulty_server: type[FaultyServer]) -> None:
     """HELP: "Downloads whose file no longer matches its recorded SHA-256 (or is gone)"; verify exits 1 with
     "missing", but the gauge (and so the ModfetchVerifyMismatch alert) stays 0."""
