@@ -16,7 +16,7 @@ from modfetch.errors import ERROR_CLASSES
 from tests.conftest import MiB, Modfetch
 from tests.servers.faulty import FaultyServer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "contrib" / "prometheus" / "modfetch-rules.yml"
 RULE_TESTS = ROOT / "contrib" / "prometheus" / "modfetch-rules.test.yml"
 PROMTOOL = shutil.which("promtool")
