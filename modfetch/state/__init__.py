@@ -18,6 +18,7 @@ from .rows import (
     PART_SUFFIX,
     PENDING,
     RUNNING,
+    STATUSES,
     VERIFIED,
     ChunkRow,
     DownloadRow,
@@ -31,7 +32,7 @@ from .sqlerrors import BUSY_TIMEOUT_ENV, BUSY_TIMEOUT_MS, db_failure, default_bu
 __all__ = [
     "BUSY_TIMEOUT_ENV", "BUSY_TIMEOUT_MS", "CHUNK_COMPLETE", "CHUNK_DIRTY", "CHUNK_PENDING", "CHUNK_RUNNING",
     "COMPLETE", "FAILED", "FINISHED_STATUSES", "INTERRUPTED", "MISMATCH", "PART_SUFFIX", "PENDING", "RUNNING",
-    "SCHEMA_VERSION", "VERIFIED", "ChunkRow", "CounterKey", "DownloadRow", "PlacementRow", "StateDB",
+    "SCHEMA_VERSION", "STATUSES", "VERIFIED", "ChunkRow", "CounterKey", "DownloadRow", "PlacementRow", "StateDB",
     "db_failure", "default_busy_timeout", "locked_error", "open_state", "part_path_for", "pid_alive",
     "progress_fraction",
 ]

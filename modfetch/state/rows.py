@@ -13,6 +13,8 @@ PENDING, RUNNING, COMPLETE, VERIFIED, MISMATCH, FAILED, INTERRUPTED = (
     "pending", "running", "complete", "verified", "mismatch", "failed", "interrupted",
 )
 FINISHED_STATUSES = (COMPLETE, VERIFIED)
+# Every download status, the most active first (the TUI's status sort).
+STATUSES = (RUNNING, PENDING, INTERRUPTED, FAILED, MISMATCH, COMPLETE, VERIFIED)
 # Chunk statuses.
 CHUNK_PENDING, CHUNK_RUNNING, CHUNK_COMPLETE, CHUNK_DIRTY = "pending", "running", "complete", "dirty"
 

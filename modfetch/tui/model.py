@@ -12,14 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..state import (
-    COMPLETE,
-    FAILED,
     FINISHED_STATUSES,
     INTERRUPTED,
-    MISMATCH,
-    PENDING,
     RUNNING,
-    VERIFIED,
+    STATUSES,
     ChunkRow,
     DownloadRow,
     PlacementRow,
@@ -34,7 +30,7 @@ SORTS = ("id", "name", "progress", "speed", "status", "updated")
 # Styles a line can ask for; the screen maps them to curses attributes (or to nothing on monochrome).
 NORMAL, TITLE, HEADER, SELECTED = "normal", "title", "header", "selected"
 FOOTER, ERROR, DIM = "footer", "error", "dim"
-_STATUS_RANK = {RUNNING: 0, PENDING: 1, INTERRUPTED: 2, FAILED: 3, MISMATCH: 4, COMPLETE: 5, VERIFIED: 6}
+_STATUS_RANK = {status: rank for rank, status in enumerate(STATUSES)}
 HELP = """\
 modfetch tui - keys
 
