@@ -65,8 +65,8 @@ def record_failure(db: StateDB, url: str, target: str | None, source: str, error
             db.update_download(row.id, error_class=kind)
         else:
             db.update_download(row.id, status=FAILED, error=message, error_class=kind, pid=None)
-        db.add_counters([("downloads_failed", f'source="{source}",reason="{kind}"', 1.0)])
-        db.raise_to("last_failure_timestamp_seconds", "", time.time())
+        db.add_counters([("downloads_failed", source, kind, 1.0)])
+        db.raise_to("last_failure_timestamp_seconds", time.time())
     except Exception as exc:  # recording must never hide the error being recorded
         log.debug("could not record the failure: %s", exc)
 
@@ -82,11 +82,9 @@ def status_label(row: DownloadRow, compact: bool = False) -> str:
 def record_interrupt(db: StateDB, source: str) -> None:
     """Count an interrupted attempt (Ctrl-C, SIGTERM): not a failure, the rerun resumes it; never raises."""
     try:
-        db.add_counters([("downloads_interrupted", f'source="{source}"', 1.0)])
+        db.add_counters([("downloads_interrupted", source, "", 1.0)])
     except Exception as exc:
         log.debug("could not count the interrupt: %s", exc)
-
-
 
 
 def settle_success(db: StateDB, download_id: int | None, url: str) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -47,7 +46,6 @@ LAST_FAILURE = "last_failure_timestamp_seconds"
 _OWN_HEADER = b"# HELP modfetch_"
 # How long a write waits for the textfile lock before skipping; a few writers serialise well within it.
 LOCK_WAIT_SECONDS = 0.5
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass
@@ -62,11 +60,9 @@ class Snapshot:
     verify_mismatches: int = 0
 
 
-def parse_labels(text: str) -> tuple[tuple[str, str], ...]:
-    """``source="http",x="y"`` -> sorted ((name, value), ...), values unescaped."""
-    pairs = [(m.group(1), re.sub(r"\\(.)", lambda e: "\n" if e.group(1) == "n" else e.group(1), m.group(2)))
-             for m in _LABEL.finditer(text or "")]
-    return tuple(sorted(pairs))
+def labels_of(source: str, reason: str) -> tuple[tuple[str, str], ...]:
+    """A counter's label columns as sorted ((name, value), ...); an empty column is no label."""
+    return tuple((name, value) for name, value in (("reason", reason), ("source", source)) if value)
 
 
 def _escape(value: str) -> str:
@@ -83,11 +79,11 @@ def format_value(value: float) -> str:
 def collect(db: StateDB, now: float | None = None) -> Snapshot:
     """Read counters and gauges from the state DB."""
     snap = Snapshot()
-    for (name, labels), value in db.counters().items():
+    for (name, source, reason), value in db.counters().items():
         if name == LAST_FAILURE:
             snap.last_failure_timestamp_seconds = value
             continue
-        key = (name, parse_labels(labels))
+        key = (name, labels_of(source, reason))
         snap.counters[key] = snap.counters.get(key, 0.0) + value
     last = db.latest_finished()
     if last is not None:
@@ -272,5 +268,5 @@ def checkpoint_writer(config: Config) -> Callable[[], None] | None:
 
 
 __all__ = ["COUNTERS", "LOCK_WAIT_SECONDS", "MetricsBusy", "Snapshot", "TextfileWriter", "check_target",
-           "checkpoint_writer", "collect", "parse_labels", "render", "write_after_run", "write_atomic",
+           "checkpoint_writer", "collect", "labels_of", "render", "write_after_run", "write_atomic",
            "write_textfile"]

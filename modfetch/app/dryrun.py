@@ -21,7 +21,7 @@ from ..engine.probe import probe
 from ..engine.session import make_session
 from ..errors import NetworkError, UsageError
 from ..placement.planner import AppSpec, plan
-from ..state import FINISHED_STATUSES, DownloadRow, open_state
+from ..state import FINISHED_STATUSES, DownloadRow, open_state, part_path_for
 from ..util.filenames import filename_from_url, safe_join, sanitize_filename
 from ..util.redact import redact_url
 from .download import DownloadOptions, build_request, resolve_uri
@@ -107,7 +107,7 @@ def _state(config: Config, path: Path, expected: str | None, size: int | None) -
         return PRESENT if finished and (size is None or st.st_size == size) else CONFLICT
     if os.path.lexists(path):
         return CONFLICT
-    return PARTIAL if Path(str(path) + ".part").exists() else ABSENT
+    return PARTIAL if part_path_for(path).exists() else ABSENT
 
 
 def _add_placements(config: Config, item: PlannedFile, hints: dict[str, Any], explicit: str | None,

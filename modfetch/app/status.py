@@ -14,7 +14,16 @@ from ..engine.files import TargetLock
 from ..engine.hashing import sha256_file
 from ..errors import LockedError, UsageError
 from ..paths import expand_path
-from ..state import COMPLETE, FINISHED_STATUSES, MISMATCH, VERIFIED, DownloadRow, StateDB, open_state
+from ..state import (
+    COMPLETE,
+    FINISHED_STATUSES,
+    MISMATCH,
+    VERIFIED,
+    DownloadRow,
+    StateDB,
+    open_state,
+    progress_fraction,
+)
 
 
 def open_db(config: Config) -> StateDB:
@@ -49,11 +58,7 @@ def select_downloads(db: StateDB, selector: str | None, statuses: list[str] | No
 
 def progress_of(row: DownloadRow) -> float | None:
     """Fraction done (0..1), or None when the size is unknown."""
-    if row.status in FINISHED_STATUSES:
-        return 1.0
-    if not row.size or row.size < 0:  # unknown, or a damaged row: no percentage beats "-50.0%"
-        return None
-    return max(0.0, min(1.0, row.bytes_done / row.size))
+    return progress_fraction(row.status, row.size, row.bytes_done)
 
 
 MISSING = "missing"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DiskError, LockedError, TargetExistsError
+from ..state import PART_SUFFIX
 from ..util.atomic import write_atomic
 from ..util.sizes import human_size
 
@@ -154,7 +155,7 @@ def ensure_space(fd: int, size: int, path: Path, margin: int) -> None:
     needed = max(0, size - allocated)
     free = vfs.f_bavail * vfs.f_frsize
     if needed and needed + margin > free:
-        name = path.name.removesuffix(".part")
+        name = path.name.removesuffix(PART_SUFFIX)
         raise DiskError(f"not enough space for {name}: it needs {human_size(needed)} more, "
                         f"{human_size(free)} is free and {human_size(margin)} must stay free",
                         hint="free some space (or lower general.min_free_mb) and rerun the same command")

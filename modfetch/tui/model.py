@@ -15,11 +15,13 @@ from ..state import (
     FINISHED_STATUSES,
     INTERRUPTED,
     RUNNING,
+    STATUSES,
     ChunkRow,
     DownloadRow,
     PlacementRow,
     StateDB,
     pid_alive,
+    progress_fraction,
 )
 from ..util.redact import redact, redact_url
 from .render import chunk_done, cut, details_lines, table_lines
@@ -28,8 +30,7 @@ SORTS = ("id", "name", "progress", "speed", "status", "updated")
 # Styles a line can ask for; the screen maps them to curses attributes (or to nothing on monochrome).
 NORMAL, TITLE, HEADER, SELECTED = "normal", "title", "header", "selected"
 FOOTER, ERROR, DIM = "footer", "error", "dim"
-_STATUS_RANK = {"running": 0, "pending": 1, "interrupted": 2, "failed": 3, "mismatch": 4, "complete": 5,
-                "verified": 6}
+_STATUS_RANK = {status: rank for rank, status in enumerate(STATUSES)}
 HELP = """\
 modfetch tui - keys
 
@@ -71,11 +72,7 @@ class Item:
     @property
     def fraction(self) -> float | None:
         """0..1, or None when the size is unknown."""
-        if self.row.status in FINISHED_STATUSES:
-            return 1.0
-        if not self.row.size:
-            return None
-        return max(0.0, min(1.0, self.done / self.row.size))
+        return progress_fraction(self.row.status, self.row.size, self.done)
 
     def haystack(self) -> str:
         """What the filter searches (lower-case)."""

@@ -97,7 +97,7 @@ def test_custom_path_directory_is_created_and_disabled_writes_nothing(mfd, fault
 
 def test_render_conventions_and_gauges(tmp_path: Path) -> None:
     db = open_state(tmp_path / "state.db")
-    db.add_counters([("downloaded_bytes", 'source="huggingface"', 10.0), ("retries", 'source="http"', 2.0)])
+    db.add_counters([("downloaded_bytes", "huggingface", "", 10.0), ("retries", "http", "", 2.0)])
     now = time.time()
     done = db.create_download("https://h/a", str(tmp_path / "a"), size=5)
     db.update_download(done.id, status=COMPLETE, started_at=now - 12.5, finished_at=now)
@@ -151,7 +151,7 @@ from modfetch.state import open_state
 db_path, out, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 db = open_state(db_path)
 for i in range(n):
-    db.add_counters([("downloaded_bytes", 'source="http"', 1.0)])
+    db.add_counters([("downloaded_bytes", "http", "", 1.0)])
     metrics.write_textfile(db_path, out, lock_wait=60)  # this test is about tearing, not skipping
 db.close()
 """
@@ -183,7 +183,7 @@ def test_concurrent_writers_never_tear_the_file(tmp_path: Path) -> None:
         db = open_state(db_path)
         try:
             for _ in range(per_thread):
-                db.add_counters([("downloaded_bytes", 'source="http"', 1.0)])
+                db.add_counters([("downloaded_bytes", "http", "", 1.0)])
                 metrics.write_textfile(db_path, out, lock_wait=60)
         finally:
             db.close()

@@ -180,7 +180,7 @@ def test_damaged_state_db_is_a_state_error(mf: Modfetch, faulty_server: Serve, d
         conn.commit()
     else:
         for i in range(200):  # enough rows for several pages, so damage past page 1 hits data pages
-            conn.execute("INSERT INTO counters (name, labels, value) VALUES (?, ?, 1)", (f"n{i}", "x" * 200))
+            conn.execute("INSERT INTO counters (name, source, value) VALUES (?, ?, 1)", (f"n{i}", "x" * 200))
         conn.commit()
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from modfetch import errors
 from modfetch.failures import status_label
 from modfetch.state import FAILED, SCHEMA_VERSION, DownloadRow, open_state
+from modfetch.state.schema import MIGRATIONS
 from tests.conftest import MiB, Modfetch, wait_for
 from tests.servers.faulty import FaultyServer
 from tests.servers.lookalike.civitai import CivitaiLookalike
@@ -190,18 +191,16 @@ def test_status_label_names_the_class_of_failures_only() -> None:
 
 def test_schema_1_database_migrates_and_old_failure_counters_gain_a_reason(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    db = open_state(path)
-    db.close()
     conn = sqlite3.connect(path)
-    conn.execute("ALTER TABLE downloads DROP COLUMN error_class")
+    MIGRATIONS[0](conn)  # a real schema-1 database, as modfetch 1 left it
     conn.execute("INSERT INTO counters (name, labels, value) VALUES ('downloads_failed', 'source=\"http\"', 3)")
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
     db = open_state(path)
     try:
-        assert int(db.conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION == 2
-        assert db.counters() == {("downloads_failed", 'source="http",reason="other"'): 3.0}
+        assert int(db.conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION == 3
+        assert db.counters() == {("downloads_failed", "http", "other"): 3.0}
         row = db.create_download("u", "/x", status=FAILED, error_class="disk")
         assert row.error_class == "disk"
     finally:

@@ -171,8 +171,8 @@ def test_metrics_counters_are_recorded(mf: Modfetch, faulty_server: Serve) -> No
     server = faulty_server(size=3 * MiB, cut_after=100_000, cut_times=1)
     mf.download_json(server.url)
     conn = sqlite3.connect(mf.state_db)
-    counters = {(n, lab): v for n, lab, v in conn.execute("SELECT name, labels, value FROM counters")}
+    counters = {(n, s, r): v for n, s, r, v in conn.execute("SELECT name, source, reason, value FROM counters")}
     conn.close()
-    assert counters[("downloads_succeeded", 'source="http"')] == 1
-    assert counters[("retries", 'source="http"')] >= 1
-    assert counters[("downloaded_bytes", 'source="http"')] >= 3 * MiB
+    assert counters[("downloads_succeeded", "http", "")] == 1
+    assert counters[("retries", "http", "")] >= 1
+    assert counters[("downloaded_bytes", "http", "")] >= 3 * MiB

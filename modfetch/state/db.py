@@ -1,4 +1,4 @@
-"""The state database: schema, migrations and every SQL statement modfetch runs.
+"""The state database connection and every SQL statement modfetch runs (the schema is in ``schema.py``).
 
 Threading rule: a ``StateDB`` (one sqlite3 connection) belongs to the thread that opened it.  The download
 engine's worker threads never touch it; the coordinating thread writes chunk rows when a chunk completes or
@@ -9,211 +9,39 @@ processes (downloads, ``status``, the TUI) share the file; the TUI opens it read
 from __future__ import annotations
 
 import json
-import math
-import os
 import random
-import shlex
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .errors import StateError
-
-SCHEMA_VERSION = 2
-BUSY_TIMEOUT_MS = 30_000
-# Seconds a statement waits for another process's lock before failing with a clear "locked" error (never an
-# endless wait); tests and impatient services lower it.
-BUSY_TIMEOUT_ENV = "MODFETCH_DB_BUSY_TIMEOUT"
-
-# Download statuses.  "running" rows whose owner process is gone become "interrupted" on the next open.
-PENDING, RUNNING, COMPLETE, VERIFIED, MISMATCH, FAILED, INTERRUPTED = (
-    "pending", "running", "complete", "verified", "mismatch", "failed", "interrupted",
+from ..errors import StateError
+from .rows import (
+    CHUNK_PENDING,
+    CHUNK_RUNNING,
+    DOWNLOAD_COLUMNS,
+    FAILED,
+    FINISHED_STATUSES,
+    INTERRUPTED,
+    MAX_TIMESTAMP,
+    NUMBER_DEFAULTS,
+    PENDING,
+    RUNNING,
+    TEXT_COLUMNS,
+    ChunkRow,
+    DownloadRow,
+    PlacementRow,
+    part_path_for,
+    sane_number,
 )
-FINISHED_STATUSES = (COMPLETE, VERIFIED)
-# Chunk statuses.
-CHUNK_PENDING, CHUNK_RUNNING, CHUNK_COMPLETE, CHUNK_DIRTY = "pending", "running", "complete", "dirty"
+from .schema import SCHEMA_VERSION, migrate
+from .sqlerrors import default_busy_timeout, is_locked, locked_error, pid_alive
 
-_MIGRATIONS: list[str] = [
-    # 0 -> 1: the initial schema.
-    """
-    CREATE TABLE downloads (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        url TEXT NOT NULL,
-        resolved_url TEXT,
-        dest_path TEXT NOT NULL,
-        size INTEGER,
-        bytes_done INTEGER NOT NULL DEFAULT 0,
-        etag TEXT,
-        last_modified TEXT,
-        expected_sha256 TEXT,
-        sha256 TEXT,
-        status TEXT NOT NULL DEFAULT 'pending',
-        error TEXT,
-        source TEXT NOT NULL DEFAULT 'http',
-        artifact_type TEXT,
-        meta TEXT NOT NULL DEFAULT '{}',
-        retries INTEGER NOT NULL DEFAULT 0,
-        pid INTEGER,
-        created_at REAL NOT NULL,
-        updated_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL
-    );
-    CREATE UNIQUE INDEX downloads_dest ON downloads(dest_path);
-    CREATE INDEX downloads_status ON downloads(status);
-    CREATE TABLE chunks (
-        download_id INTEGER NOT NULL REFERENCES downloads(id) ON DELETE CASCADE,
-        idx INTEGER NOT NULL,
-        start INTEGER NOT NULL,
-        "end" INTEGER NOT NULL,
-        bytes_done INTEGER NOT NULL DEFAULT 0,
-        sha256 TEXT,
-        status TEXT NOT NULL DEFAULT 'pending',
-        PRIMARY KEY (download_id, idx)
-    );
-    CREATE TABLE placements (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        download_id INTEGER REFERENCES downloads(id) ON DELETE SET NULL,
-        source_path TEXT NOT NULL,
-        target_path TEXT NOT NULL UNIQUE,
-        app TEXT NOT NULL,
-        mode TEXT NOT NULL,
-        artifact_type TEXT,
-        created_at REAL NOT NULL
-    );
-    CREATE TABLE counters (
-        name TEXT NOT NULL,
-        labels TEXT NOT NULL DEFAULT '',
-        value REAL NOT NULL DEFAULT 0,
-        PRIMARY KEY (name, labels)
-    );
-    """,
-    # 1 -> 2: why a download failed, as a class (errors.ERROR_CLASSES); failures gain a ``reason`` label.
-    """
-    ALTER TABLE downloads ADD COLUMN error_class TEXT;
-    UPDATE counters SET labels = labels || ',reason="other"' WHERE name = 'downloads_failed'
-        AND labels NOT LIKE '%reason=%'
-    """,
-]
-
-_DOWNLOAD_COLUMNS = (
-    "id", "url", "resolved_url", "dest_path", "size", "bytes_done", "etag", "last_modified", "expected_sha256",
-    "sha256", "status", "error", "source", "artifact_type", "meta", "retries", "pid", "created_at", "updated_at",
-    "started_at", "finished_at", "error_class",
-)
-
-
-# Numeric download columns and what a damaged value reads as (None where the column is nullable).
-_NUMBER_DEFAULTS: dict[str, float | None] = {
-    "size": None, "bytes_done": 0, "retries": 0, "pid": None,
-    "created_at": 0.0, "updated_at": 0.0, "started_at": None, "finished_at": None,
-}
-_INT_COLUMNS = frozenset({"size", "bytes_done", "retries", "pid"})
-_TEXT_COLUMNS = tuple(name for name in _DOWNLOAD_COLUMNS if name not in _NUMBER_DEFAULTS and name not in
-                      ("id", "meta"))
-_MAX_TIMESTAMP = 253402300799.0  # 9999-12-31 23:59:59 UTC
-
-
-def _sane_number(name: str, value: Any, default: float | None) -> Any:
-    """``value`` when it is a finite number in range for column ``name``, else ``default``.
-
-    Sizes, counts and pids are never negative and fit SQLite's 64-bit integers; times lie in 1970..9999."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return default
-    if name in _INT_COLUMNS:
-        return int(value) if 0 <= value < 2**63 else default
-    return float(value) if 0 <= value <= _MAX_TIMESTAMP else default
-
-
-@dataclass
-class DownloadRow:
-    """One download as stored; ``meta`` holds source hints (repo id, revision, commit, CivitAI type...)."""
-
-    id: int
-    url: str
-    dest_path: str
-    status: str = PENDING
-    resolved_url: str | None = None
-    size: int | None = None
-    bytes_done: int = 0
-    etag: str | None = None
-    last_modified: str | None = None
-    expected_sha256: str | None = None
-    sha256: str | None = None
-    error: str | None = None
-    error_class: str | None = None
-    source: str = "http"
-    artifact_type: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    retries: int = 0
-    pid: int | None = None
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    started_at: float | None = None
-    finished_at: float | None = None
-
-    @property
-    def part_path(self) -> Path:
-        """The ``.part`` file beside the final file."""
-        return Path(self.dest_path + ".part")
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (used by ``status --json``)."""
-        return {name: getattr(self, name) for name in _DOWNLOAD_COLUMNS}
-
-
-@dataclass
-class ChunkRow:
-    """One byte range ``[start, end)`` of a download and how much of it is on disk."""
-
-    idx: int
-    start: int
-    end: int
-    bytes_done: int = 0
-    sha256: str | None = None
-    status: str = CHUNK_PENDING
-
-    @property
-    def length(self) -> int:
-        """Bytes the chunk covers."""
-        return self.end - self.start
-
-
-@dataclass
-class PlacementRow:
-    """A link or copy of a downloaded file inside an app's folder."""
-
-    id: int
-    download_id: int | None
-    source_path: str
-    target_path: str
-    app: str
-    mode: str
-    artifact_type: str | None
-    created_at: float
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True while process ``pid`` exists and is not a zombie (a killed child not yet reaped is dead)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            state = handle.read().rsplit(")", 1)[-1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")
+# A counter's key: (name, source, reason); '' for a label a counter does not have.
+CounterKey = tuple[str, str, str]
 
 
 def _decode_text(raw: bytes) -> str:
@@ -256,7 +84,7 @@ class StateDB:
                 self.conn.execute("PRAGMA foreign_keys = ON")
                 self._retry_locked(self._migrate, busy_timeout)
         except sqlite3.Error as exc:
-            if _is_locked(exc):
+            if is_locked(exc):
                 raise locked_error(path, busy_timeout) from None
             raise StateError(f"cannot open state database {path}: {exc}") from None
         except OSError as exc:
@@ -308,13 +136,7 @@ class StateDB:
 
     def _migrate(self) -> None:
         with self.transaction():
-            current = self._check_version()
-            for version in range(current, SCHEMA_VERSION):
-                # executescript would commit our transaction; run the statements one by one instead.
-                for statement in _MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
-                self.conn.execute(f"PRAGMA user_version = {version + 1}")
+            migrate(self.conn, self._check_version())
 
     def recover_stale(self) -> int:
         """Mark ``running`` downloads whose process is gone as ``interrupted``; reset their running chunks."""
@@ -355,16 +177,16 @@ class StateDB:
         data["meta"] = meta if isinstance(meta, dict) else {}
         # SQLite columns take any type: the same goes for a size of 'abc' or Inf (invalid JSON in status
         # --json) and a time past year 9999 (time.localtime raises), and for a column we do not know.
-        for name, default in _NUMBER_DEFAULTS.items():
+        for name, default in NUMBER_DEFAULTS.items():
             if name in data:
-                data[name] = _sane_number(name, data[name], default)
-        for name in _TEXT_COLUMNS:
+                data[name] = sane_number(name, data[name], default)
+        for name in TEXT_COLUMNS:
             value = data.get(name)
             if isinstance(value, bytes):
                 data[name] = value.decode("utf-8", "replace")
             elif value is not None and not isinstance(value, str):
                 data[name] = str(value)
-        return DownloadRow(**{name: value for name, value in data.items() if name in _DOWNLOAD_COLUMNS})
+        return DownloadRow(**{name: value for name, value in data.items() if name in DOWNLOAD_COLUMNS})
 
     def create_download(self, url: str, dest_path: str, **fields: Any) -> DownloadRow:
         """Insert a new download row and return it."""
@@ -383,7 +205,7 @@ class StateDB:
 
     def update_download(self, download_id: int, **fields: Any) -> None:
         """Update columns of one download (``updated_at`` is set automatically)."""
-        unknown = set(fields) - set(_DOWNLOAD_COLUMNS)
+        unknown = set(fields) - set(DOWNLOAD_COLUMNS)
         if unknown:
             raise ValueError(f"unknown download columns: {sorted(unknown)}")
         if "meta" in fields:
@@ -426,15 +248,19 @@ class StateDB:
         """The finished download with the latest (sane, non-zero) ``finished_at``; with ``timed`` the latest one
         that also has a ``started_at``.  SQLite picks it: metrics ask at every checkpoint, and decoding every row
         of a history that grows with each download made a batch of N jobs cost O(N * history)."""
-        sane = "typeof({0}) IN ('integer', 'real') AND {0} > 0 AND {0} <= ?"  # what _sane_number keeps, and truthy
+        sane = "typeof({0}) IN ('integer', 'real') AND {0} > 0 AND {0} <= ?"  # what sane_number keeps, and truthy
         sql = f"SELECT * FROM downloads WHERE status IN ({', '.join('?' for _ in FINISHED_STATUSES)}) AND "
         sql += sane.format("finished_at")
-        args: list[Any] = [*FINISHED_STATUSES, _MAX_TIMESTAMP]
+        args: list[Any] = [*FINISHED_STATUSES, MAX_TIMESTAMP]
         if timed:
             sql += " AND " + sane.format("started_at")
-            args.append(_MAX_TIMESTAMP)
+            args.append(MAX_TIMESTAMP)
         row = self.conn.execute(sql + " ORDER BY finished_at DESC, id DESC LIMIT 1", args).fetchone()
         return self._download(row) if row is not None else None
+
+    def add_retries(self, download_id: int, count: int) -> None:
+        """Count ``count`` more retried requests on a download (the TUI and ``status --json`` show the total)."""
+        self.conn.execute("UPDATE downloads SET retries = retries + ? WHERE id = ?", (count, download_id))
 
     def delete_download(self, download_id: int) -> None:
         """Forget a download and its chunks."""
@@ -476,6 +302,19 @@ class StateDB:
                     (bytes_done, time.time(), download_id),
                 )
 
+    def restart_download(self, download_id: int, **fields: Any) -> None:
+        """Start a download over from byte 0: forget its chunk plan, reset ``bytes_done`` (plus ``fields``, e.g.
+        new validators or a status) in one transaction, then delete its ``.part``.  The one place a restart
+        happens: a killed process leaves either the old state or a row with no chunks (which re-plans)."""
+        row = self.get_download(download_id)
+        if row is None:
+            return
+        fields.setdefault("bytes_done", 0)
+        with self.transaction():
+            self.conn.execute("DELETE FROM chunks WHERE download_id = ?", (download_id,))
+            self.update_download(download_id, **fields)
+        part_path_for(row.dest_path).unlink(missing_ok=True)
+
     # -- placements ------------------------------------------------------------------------------------
     def record_placement(
         self, download_id: int | None, source_path: str, target_path: str, app: str, mode: str,
@@ -513,25 +352,25 @@ class StateDB:
             self.conn.execute("DELETE FROM downloads WHERE id = ?", (download_id,))
 
     # -- counters (metrics survive across processes) ---------------------------------------------------
-    def add_counters(self, increments: Iterable[tuple[str, str, float]]) -> None:
-        """Add to named counters (name, labels, delta) in one transaction."""
+    def add_counters(self, increments: Iterable[tuple[str, str, str, float]]) -> None:
+        """Add to named counters (name, source, reason, delta) in one transaction; '' for an absent label."""
         with self.transaction():
             self.conn.executemany(
-                "INSERT INTO counters (name, labels, value) VALUES (?, ?, ?) "
-                "ON CONFLICT(name, labels) DO UPDATE SET value = value + excluded.value",
+                "INSERT INTO counters (name, source, reason, value) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name, source, reason) DO UPDATE SET value = value + excluded.value",
                 list(increments),
             )
 
-    def counters(self) -> dict[tuple[str, str], float]:
-        """All counters keyed by (name, labels)."""
-        rows = self.conn.execute("SELECT name, labels, value FROM counters").fetchall()
-        return {(r["name"], r["labels"]): float(r["value"]) for r in rows}
+    def counters(self) -> dict[CounterKey, float]:
+        """All counters keyed by (name, source, reason)."""
+        rows = self.conn.execute("SELECT name, source, reason, value FROM counters").fetchall()
+        return {(str(r["name"]), str(r["source"]), str(r["reason"])): float(r["value"]) for r in rows}
 
-    def raise_to(self, name: str, labels: str, value: float) -> None:
+    def raise_to(self, name: str, value: float) -> None:
         """Set a stored gauge to ``value`` unless it already holds a larger one (a "last time" stays monotonic)."""
         self.conn.execute(
-            "INSERT INTO counters (name, labels, value) VALUES (?, ?, ?) "
-            "ON CONFLICT(name, labels) DO UPDATE SET value = max(value, excluded.value)", (name, labels, value))
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT(name, source, reason) DO UPDATE SET value = max(value, excluded.value)", (name, value))
 
     def count_status(self, statuses: Iterable[str]) -> int:
         """How many downloads are in one of ``statuses``."""
@@ -546,53 +385,6 @@ class StateDB:
             "DELETE FROM downloads WHERE status = ? AND url = ? AND bytes_done = 0 AND id != ?",
             (FAILED, url, -1 if keep_id is None else keep_id))
         return int(cur.rowcount or 0)
-
-
-# Result codes (primary, the low byte of extended codes) that mean the disk, the OS or another process got in
-# the way of a healthy database: https://www.sqlite.org/rescode.html
-_SQLITE_FULL, _SQLITE_OS = 13, {3: "permission denied", 5: "busy", 6: "locked", 8: "read-only", 10: "I/O error",
-                                14: "cannot open"}
-
-
-def default_busy_timeout() -> float:
-    """The lock wait in seconds: ``$MODFETCH_DB_BUSY_TIMEOUT`` when it is a sane number, else 30."""
-    try:
-        seconds = float(os.environ.get(BUSY_TIMEOUT_ENV, ""))
-    except ValueError:
-        return BUSY_TIMEOUT_MS / 1000
-    return seconds if 0 <= seconds <= 3600 else BUSY_TIMEOUT_MS / 1000
-
-
-def _is_locked(exc: sqlite3.Error) -> bool:
-    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # Python >= 3.11; the message before that
-    return code in (5, 6) or "database is locked" in str(exc) or "database is busy" in str(exc)
-
-
-def locked_error(path: str | os.PathLike[str], seconds: float | None = None) -> StateError:
-    """The StateError for a state DB another process kept locked past the busy timeout."""
-    waited = f" (waited {seconds:g} s)" if seconds is not None else ""
-    return StateError(f"state database {path} is locked by another process{waited}",
-                      hint=f"find it with: {shlex.join(['fuser', '-v', str(path)])}; rerun the same command when "
-                           "it is done (a download resumes where it stopped)")
-
-
-def db_failure(exc: sqlite3.Error, path: str | os.PathLike[str]) -> StateError:
-    """The StateError for a statement that failed on a database that opened fine.
-
-    A full disk, an I/O or permission error or a lock held too long is not damage: telling the user to move
-    state.db aside would throw away every download's resumable progress, so only real damage says so."""
-    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # Python >= 3.11; the message before that
-    text = str(exc)
-    resume = "rerun the same command: the download resumes where it stopped"
-    if code == _SQLITE_FULL or "disk is full" in text:
-        return StateError(f"cannot write state database {path}: the disk is full", hint=f"free some space and {resume}")
-    if _is_locked(exc):
-        return locked_error(path)
-    if code in _SQLITE_OS or any(word in text for word in ("I/O error", "readonly", "locked", "unable to open")):
-        return StateError(f"cannot write state database {path}: {text}",
-                          hint=f"free some space or fix the folder's permissions, then {resume}")
-    return StateError(f"state database {path} is damaged: {text}",
-                      hint="move state.db aside (keeping a copy) and rerun; files on disk are kept and re-verified")
 
 
 def open_state(path: Path, readonly: bool = False, busy_timeout: float | None = None) -> StateDB:
