@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import os
 import stat
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +25,10 @@ from ..paths import expand_path
 from ..state import (
     FINISHED_STATUSES,
     MISMATCH,
-    RUNNING,
     VERIFIED,
     DownloadRow,
     PlacementRow,
     StateDB,
-    pid_alive,
 )
 
 LISTED_STATUSES = (*FINISHED_STATUSES, MISMATCH)
@@ -63,7 +60,7 @@ def list_library(db: StateDB, source: str | None = None, artifact_type: str | No
         if artifact_type and (row.artifact_type or "") != artifact_type:
             continue
         placements = [{"app": p.app, "mode": p.mode, "target": p.target_path,
-                       "present": os.path.lexists(p.target_path)} for p in _placements_of(db, row)]
+                       "present": os.path.lexists(p.target_path)} for p in placements_of(db, row)]
         entries.append(LibraryEntry(row, disk_status(row), placements))
     return entries
 
@@ -81,7 +78,7 @@ def disk_status(row: DownloadRow) -> str:
     return row.status
 
 
-def _placements_of(db: StateDB, row: DownloadRow) -> list[PlacementRow]:
+def placements_of(db: StateDB, row: DownloadRow) -> list[PlacementRow]:
     """Placements recorded for the download, by id or (``place PATH`` of a known file) by its path."""
     found = {p.id: p for p in db.placements(download_id=row.id)}
     found.update({p.id: p for p in db.placements(source_path=row.dest_path)})
@@ -171,7 +168,7 @@ def remove_downloads(config: Config, db: StateDB, rows: list[DownloadRow], *, ke
                 if not keep_file and names_a_file(current):
                     _remove_files(db, current, report)
                 if len(report.failed) == failures:  # keep the rows of what could not be removed: rm again
-                    _forget(db, current, report)
+                    forget(db, current, report)
         except LockedError as exc:
             report.failed.append(f"{dest}: {exc.message}")
     return report
@@ -179,7 +176,7 @@ def remove_downloads(config: Config, db: StateDB, rows: list[DownloadRow], *, ke
 
 def _remove_files(db: StateDB, row: DownloadRow, report: RemovalReport) -> None:
     dest = Path(row.dest_path)
-    for placement in _placements_of(db, row):
+    for placement in placements_of(db, row):
         target = Path(placement.target_path)
         verdict = placement_verdict(placement, row)
         if verdict == "ours":
@@ -200,7 +197,7 @@ def _remove_files(db: StateDB, row: DownloadRow, report: RemovalReport) -> None:
         report.delete(dest)
     elif verdict != "absent":
         report.kept.append(f"{dest}: {verdict}")
-    _remove_sidecars(row, report)
+    remove_sidecars(row, report)
 
 
 MAX_SIDECAR_BYTES = 32 << 20  # a --metadata info JSON or preview (at most 16 MiB); anything bigger is not one
@@ -217,7 +214,7 @@ def sidecar_holds(path: Path, sha256: str) -> bool:
         return False
 
 
-def _remove_sidecars(row: DownloadRow, report: RemovalReport) -> None:
+def remove_sidecars(row: DownloadRow, report: RemovalReport) -> None:
     """The ``--metadata`` sidecars recorded for ``row`` (``app.metadata``), each once the file it sits beside
     is gone (removed now or before) and only while its bytes are still the ones modfetch wrote."""
     for item in row.meta.get("sidecars") or []:
@@ -340,111 +337,25 @@ def _cache_blob_after(blob: Path, row: DownloadRow) -> Path | None:
         return None
 
 
-# -- pruning ----------------------------------------------------------------------------------------------
-def prune(config: Config, db: StateDB, older_than: float = DEFAULT_PRUNE_AGE, dry_run: bool = False,
-          now: float | None = None) -> RemovalReport:
-    """Forget downloads whose files are gone, remove modfetch's placements that now dangle, and delete the
-    ``.part`` of interrupted/failed downloads not touched for ``older_than`` seconds (forgetting them)."""
-    report = RemovalReport(dry_run=dry_run)
-    cutoff = (time.time() if now is None else now) - older_than
-    for row in db.list_downloads():
-        if row.status == RUNNING and pid_alive(row.pid):
-            continue
-        dest = Path(row.dest_path)
-        try:
-            with TargetLock(config.data_root / "locks", dest):
-                _prune_row(db, row, report, cutoff)
-        except LockedError:
-            continue  # a download is running: leave it be
-    for placement in db.placements():
-        if placement.download_id is not None:
-            continue  # handled with its download above
-        _prune_placement(db, placement, report)
-    return report
-
-
-def _prune_row(db: StateDB, row: DownloadRow, report: RemovalReport, cutoff: float) -> None:
-    if not names_a_file(row):  # a failure keyed by its URI: nothing of it on disk, nothing to resume
-        _forget(db, row, report)
-        return
-    dest = Path(row.dest_path)
-    part = row.part_path
-    finished = row.status in (*FINISHED_STATUSES, MISMATCH)
-    if not os.path.lexists(dest) and _not_mounted(dest):
-        # Forgetting would lose the records (and the app links) of files that come back with the mount;
-        # `rm ID` forgets on purpose.
-        report.kept.append(f"{dest}: its folder {dest.parent} is missing too (a disk not mounted?); not "
-                           f"forgotten: 'modfetch rm {row.id}' forgets it")
-        return
-    if finished and not os.path.lexists(dest):
-        for placement in _placements_of(db, row):
-            _prune_placement(db, placement, report, row)
-        _remove_sidecars(row, report)
-        _forget(db, row, report)
-        return
-    if finished:
-        for placement in _placements_of(db, row):
-            _prune_placement(db, placement, report, row)
-        return
-    try:
-        part_st = os.lstat(part)
-    except FileNotFoundError:
-        if not os.path.lexists(dest):
-            _forget(db, row, report)  # nothing of it on disk: nothing to resume
-        return
-    stale = stat.S_ISREG(part_st.st_mode) and part_st.st_mtime < cutoff and row.updated_at < cutoff
-    if stale and report.delete(part):
-        _forget(db, row, report)
-
-
-def _not_mounted(dest: Path) -> bool:
-    """True when ``dest``'s folder is gone and the nearest folder that exists is empty: what a disk or share
-    that is not mounted looks like (its mount point stays, empty).  A deleted file, or a folder deleted from a
-    library that still holds others, is not that."""
-    if os.path.isdir(dest.parent):
-        return False
-    for ancestor in dest.parent.parents:
-        if os.path.isdir(ancestor):
-            try:
-                with os.scandir(ancestor) as entries:
-                    return next(entries, None) is None
-            except OSError:
-                return True
-    return True
-
-
-def _prune_placement(db: StateDB, placement: PlacementRow, report: RemovalReport,
-                     row: DownloadRow | None = None) -> None:
-    """Remove a placement whose file is gone: a symlink that now dangles (or a Modelfile naming a missing
-    file) that modfetch made; forget a record whose target is gone.  Copies and hardlinks hold data: kept."""
-    target = Path(placement.target_path)
-    try:
-        lst = os.lstat(target)
-    except FileNotFoundError:
-        if not report.dry_run:
-            db.delete_placement(placement.id)
-        return
-    except OSError:
-        return
-    if os.path.exists(placement.source_path):
-        return
-    sources = {placement.source_path} | ({row.dest_path} if row is not None else set())
-    ours = False
-    if stat.S_ISLNK(lst.st_mode):
-        pointed = os.path.normpath(os.path.join(os.path.dirname(target), os.readlink(target)))
-        ours = pointed in sources and not os.path.exists(target)
-    elif stat.S_ISREG(lst.st_mode) and placement.mode == "modelfile" and lst.st_size < 4096:
-        with contextlib.suppress(OSError):
-            ours = target.read_text(encoding="utf-8", errors="replace") in {f"FROM {s}\n" for s in sources}
-    if ours and report.delete(target) and not report.dry_run:
-        db.delete_placement(placement.id)
-
-
-def _forget(db: StateDB, row: DownloadRow, report: RemovalReport) -> None:
+def forget(db: StateDB, row: DownloadRow, report: RemovalReport) -> None:
     if not report.dry_run:
         db.forget_download(row.id)
     report.forgotten.append(row.id)
 
 
-__all__ = ["DEFAULT_PRUNE_AGE", "VERIFIED", "LibraryEntry", "RemovalReport", "dest_verdict", "disk_status",
-           "find_rows", "list_library", "names_a_file", "placement_verdict", "prune", "remove_downloads"]
+__all__ = [
+    "DEFAULT_PRUNE_AGE",
+    "VERIFIED",
+    "LibraryEntry",
+    "RemovalReport",
+    "dest_verdict",
+    "disk_status",
+    "find_rows",
+    "forget",
+    "list_library",
+    "names_a_file",
+    "placement_verdict",
+    "placements_of",
+    "remove_downloads",
+    "remove_sidecars",
+]

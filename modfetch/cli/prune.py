@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ..app.library import prune
+from ..app.prune import prune
 from ..app.status import open_db
 from ..util.sizes import parse_duration
 from .context import CliState, global_options, pass_state
