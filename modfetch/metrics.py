@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import Config
 from .errors import ERROR_CLASSES, ModfetchError
-from .state import FINISHED_STATUSES, MISMATCH, RUNNING, StateDB, pid_alive
+from .state import FILE_MISSING, FINISHED_STATUSES, MISMATCH, RUNNING, StateDB, pid_alive
 from .util.atomic import write_atomic as util_write_atomic
 from .util.redact import redact
 
@@ -91,10 +91,8 @@ def collect(db: StateDB, now: float | None = None) -> Snapshot:
         latest = db.latest_finished(timed=True)
         if latest is not None:
             snap.last_duration_seconds = max(0.0, (latest.finished_at or 0.0) - (latest.started_at or 0.0))
-    # A deleted file keeps its row's status (so list/prune see it); it counts here until it is forgotten.
-    gone = sum(1 for r in db.list_downloads(statuses=list(FINISHED_STATUSES))
-               if os.path.isabs(r.dest_path) and not os.path.lexists(r.dest_path))
-    snap.verify_mismatches = db.count_status([MISMATCH]) + gone
+    # A deleted file keeps its row's status (so list/prune see it); verify records FILE_MISSING on it.
+    snap.verify_mismatches = db.count_status([MISMATCH]) + db.count_status(FINISHED_STATUSES, error=FILE_MISSING)
     snap.in_progress = sum(1 for r in db.list_downloads(statuses=[RUNNING]) if pid_alive(r.pid))
     return snap
 

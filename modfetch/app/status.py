@@ -16,6 +16,7 @@ from ..errors import LockedError, UsageError
 from ..paths import expand_path
 from ..state import (
     COMPLETE,
+    FILE_MISSING,
     FINISHED_STATUSES,
     MISMATCH,
     VERIFIED,
@@ -112,7 +113,7 @@ def _verify_one(db: StateDB, row: DownloadRow, on_hashed: Callable[[DownloadRow]
         return VerifyOutcome(row, False, None, f"not finished ({row.status})")
     if not os.path.lexists(path):
         # Not a mismatch: the row stays as it was, so `modfetch list` shows "missing" and `prune` forgets it.
-        return VerifyOutcome(row, False, None, MISSING)
+        return _judge(db, row, VerifyOutcome(row, False, None, MISSING), error=FILE_MISSING)
     if not path.is_file():  # a directory or FIFO put in its place: reading a FIFO would block forever
         return _judge(db, row, VerifyOutcome(row, False, None, "not a regular file"),
                       status=MISMATCH, error="not a regular file")

@@ -12,6 +12,7 @@ from .rows import (
     CHUNK_RUNNING,
     COMPLETE,
     FAILED,
+    FILE_MISSING,
     FINISHED_STATUSES,
     INTERRUPTED,
     MISMATCH,
@@ -31,7 +32,8 @@ from .sqlerrors import BUSY_TIMEOUT_ENV, BUSY_TIMEOUT_MS, db_failure, default_bu
 
 __all__ = [
     "BUSY_TIMEOUT_ENV", "BUSY_TIMEOUT_MS", "CHUNK_COMPLETE", "CHUNK_DIRTY", "CHUNK_PENDING", "CHUNK_RUNNING",
-    "COMPLETE", "FAILED", "FINISHED_STATUSES", "INTERRUPTED", "MISMATCH", "PART_SUFFIX", "PENDING", "RUNNING",
+    "COMPLETE", "FAILED", "FILE_MISSING", "FINISHED_STATUSES", "INTERRUPTED", "MISMATCH", "PART_SUFFIX", "PENDING",
+    "RUNNING",
     "SCHEMA_VERSION", "STATUSES", "VERIFIED", "ChunkRow", "CounterKey", "DownloadRow", "PlacementRow", "StateDB",
     "db_failure", "default_busy_timeout", "locked_error", "open_state", "part_path_for", "pid_alive",
     "progress_fraction",

@@ -372,11 +372,12 @@ class StateDB:
             "INSERT INTO counters (name, value) VALUES (?, ?) "
             "ON CONFLICT(name, source, reason) DO UPDATE SET value = max(value, excluded.value)", (name, value))
 
-    def count_status(self, statuses: Iterable[str]) -> int:
-        """How many downloads are in one of ``statuses``."""
+    def count_status(self, statuses: Iterable[str], error: str | None = None) -> int:
+        """How many downloads are in one of ``statuses`` (and, with ``error``, record exactly that error)."""
         wanted = list(statuses)
         sql = f"SELECT count(*) FROM downloads WHERE status IN ({', '.join('?' for _ in wanted)})"
-        return int(self.conn.execute(sql, wanted).fetchone()[0])
+        args = [*wanted] if error is None else [*wanted, error]
+        return int(self.conn.execute(sql + ("" if error is None else " AND error = ?"), args).fetchone()[0])
 
     def supersede_failures(self, url: str, keep_id: int | None = None) -> int:
         """Forget ``failed`` rows of ``url`` that hold no bytes (recorded before the first byte, or keyed by the

@@ -13,6 +13,8 @@ PENDING, RUNNING, COMPLETE, VERIFIED, MISMATCH, FAILED, INTERRUPTED = (
     "pending", "running", "complete", "verified", "mismatch", "failed", "interrupted",
 )
 FINISHED_STATUSES = (COMPLETE, VERIFIED)
+# The error `verify` records on a finished row whose file is gone (its status stays: `list`/`prune` see it).
+FILE_MISSING = "file is missing"
 # Every download status, the most active first (the TUI's status sort).
 STATUSES = (RUNNING, PENDING, INTERRUPTED, FAILED, MISMATCH, COMPLETE, VERIFIED)
 # Chunk statuses.
