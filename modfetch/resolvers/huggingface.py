@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 import requests
 
 from ..config import Config
+from ..engine.origin import scoped_auth_host
 from ..errors import (
     AmbiguousChoiceError,
     AuthError,
@@ -246,7 +247,8 @@ class _Hub:
         hints.update(etag=etag, lfs=False)
         pinned = self.resolve_url(repo_id, commit if _SHA1.match(commit) else revision, path)
         return ResolvedFile(url=pinned, filename=posixpath.basename(path), display_url=display,
-                            headers=dict(self.client.auth), auth_host=self.client.auth_host,
+                            headers=dict(self.client.auth),
+                            auth_host=scoped_auth_host(self.client.auth_scheme, self.client.auth_host),
                             size=_int(headers.get("Content-Length")), git_sha1=git_sha1, source="huggingface",
                             hints=hints)
 
@@ -343,7 +345,8 @@ class _Hub:
                 url=self.resolve_url(repo_id, commit, path), filename=posixpath.basename(path),
                 display_url=redact_url(self.resolve_url(repo_id, revision, path)),
                 subdir=posixpath.join(repo_name, posixpath.dirname(path)).rstrip("/"),
-                headers=dict(self.client.auth), auth_host=self.client.auth_host,
+                headers=dict(self.client.auth),
+                auth_host=scoped_auth_host(self.client.auth_scheme, self.client.auth_host),
                 size=size if isinstance(size, int) else None,
                 sha256=sha256 if _SHA256.match(sha256) else None,
                 git_sha1=oid if not lfs and _SHA1.match(oid) else None,

@@ -1,0 +1,121 @@
+"""Hostile black-box review of the issue 13 trust fixes: members of the fixed fault classes the fixes missed.
+
+Each test drives the installed ``modfetch`` (a real subprocess, private HOME) against local servers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import ssl
+from collections.abc import Iterator
+
+import pytest
+
+from modfetch.engine.origin import may_carry_credentials
+from tests.conftest import Modfetch
+from tests.e2e.test_blackbox_urls import Cert, cert  # noqa: F401 - fixture
+from tests.servers.raw import RawServer, Req
+
+TOKEN = "hf_BlackboxTrustToken0123456789abcdef"
+DATA = hashlib.sha256(b"blackbox").digest() * 4096  # 128 KiB
+GIT_SHA1 = hashlib.sha1(b"blob %d\0" % len(DATA) + DATA).hexdigest()
+COMMIT = "d" * 40
+
+
+class DualServer(RawServer):
+    """One port speaking both HTTPS and plain HTTP (it peeks at the first byte: 0x16 starts a TLS handshake),
+    so ``https://127.0.0.1:P`` and ``http://127.0.0.1:P`` are the same host and port, as ``https://hub`` and
+    ``http://hub`` are on the default ports.  ``seen`` holds ``(scheme, Req)`` for every request."""
+
+    context: ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        self.seen: list[tuple[str, Req]] = []
+        super().__post_init__()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+        except OSError:
+            conn.close()
+            return
+        if first == b"\x16":
+            assert self.context is not None
+            try:
+                conn = self.context.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):
+                conn.close()
+                return
+            self._scheme = "https"
+        super()._serve(conn)
+
+
+def _send(conn: socket.socket, status: str, headers: dict[str, str], body: bytes = b"") -> None:
+    head = f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    conn.sendall((head + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body)
+
+
+@pytest.fixture
+def dual(cert: Cert) -> Iterator[DualServer]:  # noqa: F811
+    """A Hub look-alike on a dual HTTPS/HTTP port whose file answers redirect to ``http://`` on the same port."""
+    holder: list[DualServer] = []
+
+    def handler(req: Req, conn: socket.socket, server: RawServer) -> bool:
+        scheme = "https" if isinstance(conn, ssl.SSLSocket) else "http"
+        holder[0].seen.append((scheme, req))
+        if req.target.startswith("/api/models/a/b"):
+            _send(conn, "200 OK", {"Content-Type": "application/json"},
+                  json.dumps({"id": "a/b", "sha": COMMIT}).encode())
+        elif "/resolve/" in req.target and scheme == "https":
+            if req.method == "HEAD" and "/resolve/main/" in req.target:
+                _send(conn, "200 OK", {"X-Repo-Commit": COMMIT, "ETag": f'"{GIT_SHA1}"'})
+                return False
+            # The pinned file moved to plain http on the same host and port (a downgrade).
+            _send(conn, "302 Found", {"Location": f"http://127.0.0.1:{server.port}/plain/file.bin"})
+        elif req.target == "/plain/file.bin":
+            _send(conn, "200 OK", {"Accept-Ranges": "bytes"}, b"" if req.method == "HEAD" else DATA)
+        else:
+            _send(conn, "404 Not Found", {})
+        return False
+
+    server = DualServer(handler)
+    server.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.context.load_cert_chain(cert.cert, cert.key)
+    holder.append(server)
+    yield server
+    server.close()
+
+
+def test_token_never_travels_over_a_downgraded_hop(mf: Modfetch, dual: DualServer, cert: Cert,  # noqa: F811
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding 1's rule "never after an https -> http downgrade": the probe withheld the token on the plain
+    hop, but the chunk and stream requests restart from the probe's final (plain http) URL and decided the
+    scheme from it, so the token went in clear text to http://HUB."""
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert.cert))
+    mf.write_config(sources={"huggingface": {"endpoint": f"https://127.0.0.1:{dual.port}"}})
+    proc = mf.run("--log-level", "debug", "download", "--url", "hf://a/b/file.bin", "--dest", str(mf.dest))
+    plain = [(req.method, req.target, req.headers.get("authorization")) for scheme, req in dual.seen
+             if scheme == "http"]
+    assert plain, (proc.stderr, dual.seen)
+    assert all(auth is None for _, _, auth in plain), (plain, proc.stderr)
+    assert TOKEN not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(("url", "auth_host", "expected"), [
+    ("https://hub.example/x", "https://hub.example", True),
+    ("http://hub.example/x", "https://hub.example", False),  # port 80 = port 80, but a downgrade
+    ("http://hub.example:443/x", "https://hub.example", False),
+    ("http://127.0.0.1:8443/x", "https://127.0.0.1:8443", False),
+    ("https://127.0.0.1:8443/x", "https://127.0.0.1:8443", True),
+    ("http://127.0.0.1:8080/x", "http://127.0.0.1:8080", True),
+    ("https://127.0.0.1:8080/x", "http://127.0.0.1:8080", True),  # an upgrade is fine
+    ("https://evil.example/x", "https://hub.example", False),
+])
+def test_a_scoped_credential_never_follows_a_downgrade(url: str, auth_host: str, expected: bool) -> None:
+    """Without ``auth_scheme`` (a chain that started off the endpoint) the scope's own scheme decides."""
+    assert may_carry_credentials(url, auth_host) is expected
+    assert may_carry_credentials(url, auth_host, "http") is expected
