@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import socket
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from modfetch.engine.files import open_part
 from modfetch.engine.origin import may_carry_credentials
-from tests.conftest import Modfetch
+from tests.conftest import Modfetch, sha256_of
 from tests.e2e.test_blackbox_urls import Cert, cert  # noqa: F401 - fixture
+from tests.servers.faulty import make_content
+from tests.servers.gated import GatedServer
 from tests.servers.raw import RawServer, Req
 
 TOKEN = "hf_BlackboxTrustToken0123456789abcdef"
@@ -119,3 +125,54 @@ def test_a_scoped_credential_never_follows_a_downgrade(url: str, auth_host: str,
     """Without ``auth_scheme`` (a chain that started off the endpoint) the scope's own scheme decides."""
     assert may_carry_credentials(url, auth_host) is expected
     assert may_carry_credentials(url, auth_host, "http") is expected
+
+
+# -- Finding 3's class: a .part that is also another file's name ---------------------------------------------
+
+PART_SIZE = 4 << 20
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["chunked", "single-stream"])
+def test_resume_never_writes_into_a_file_the_part_is_hard_linked_to(mf: Modfetch, tmp_path: Path,
+                                                                     ranges: bool) -> None:
+    """Between a kill and the rerun the ``.part`` name became a hard link to another file (a dedup tool, a
+    ``cp -al`` backup, someone else): resuming wrote the download into that file too, destroying it.  Now only
+    modfetch's name is dropped and the download starts over; the other file keeps its bytes."""
+    mf.write_config(concurrency={"per_file_chunks": 1, "chunk_size_mb": 1})
+    server = GatedServer(make_content(PART_SIZE, seed=29), gate_at=2 * (1 << 20) + 4096, ranges=ranges,
+                         head=ranges)
+    with server:
+        args = ["--quiet", "download", "--url", server.url, "--dest", str(mf.dest)]
+        proc = mf.popen(*args)
+        assert server.paused.wait(30), "the download never reached the pause"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        server.gate.set()
+        part = mf.dest / "file.bin.part"
+        assert part.exists()
+        victim = tmp_path / "precious.bin"
+        precious = b"P" * os.path.getsize(part)
+        victim.write_bytes(precious)
+        part.unlink()
+        os.link(victim, part)
+        again = mf.run(*args)
+    assert again.returncode == 0, again.stderr
+    assert victim.read_bytes() == precious
+    assert sha256_of(mf.dest / "file.bin") == server.sha256()
+    assert os.stat(mf.dest / "file.bin").st_ino != victim.stat().st_ino
+
+
+def test_open_part_never_opens_a_shared_inode(tmp_path: Path) -> None:
+    """The same rule at the function every ``.part`` open goes through (a link made before the open)."""
+    victim = tmp_path / "other.bin"
+    victim.write_bytes(b"keep me")
+    part = tmp_path / "file.bin.part"
+    os.link(victim, part)
+    discarded: list[bool] = []
+    fd = open_part(part, lambda: discarded.append(True))
+    try:
+        assert os.fstat(fd).st_nlink == 1 and os.fstat(fd).st_ino != victim.stat().st_ino
+        os.pwrite(fd, b"new", 0)
+    finally:
+        os.close(fd)
+    assert discarded == [True] and victim.read_bytes() == b"keep me"
