@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from pathlib import Path
 
 from ..engine.hashing import git_blob_sha1
 from ..errors import DiskError, IntegrityError
-from ..util.atomic import write_atomic
+from ..util.atomic import temp_sibling, write_atomic
 from ..util.hf_tree import load_listing
 from .linker import COPY, HARDLINK, SKIPPED, SYMLINK, LinkResult, SourceFile, place
 from .planner import HfCacheEntry
@@ -69,7 +68,7 @@ def write_ref(ref: Path, commit: str) -> None:
         if not ref.is_symlink() and ref.is_file() and ref.read_text(encoding="utf-8").strip() == commit:
             return
         ref.parent.mkdir(parents=True, exist_ok=True)
-        temp = ref.parent / f".{ref.name}.modfetch-{uuid.uuid4().hex[:12]}.tmp"
+        temp = temp_sibling(ref)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             os.write(fd, commit.encode())

@@ -17,12 +17,12 @@ import contextlib
 import errno
 import os
 import stat
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine.hashing import sha256_file
 from ..errors import DiskError, IntegrityError, TargetExistsError, UsageError
+from ..util.atomic import temp_sibling
 
 SYMLINK, HARDLINK, COPY = "symlink", "hardlink", "copy"
 MODES = (SYMLINK, HARDLINK, COPY)
@@ -132,7 +132,7 @@ def place(source: SourceFile, target: Path, mode: str, *, force: bool = False,
                 return LinkResult(SKIPPED, mode, "already in place")
             raise
         return LinkResult(CREATED, used, note)
-    temp = target.parent / f".{target.name}.modfetch-{uuid.uuid4().hex[:12]}.tmp"
+    temp = temp_sibling(target)
     used, note = _materialize(source, temp, mode, symlink_text, final=False)
     try:
         os.replace(temp, target)
@@ -175,7 +175,7 @@ def copy_verified(source: SourceFile, path: Path, final: bool = True) -> None:
     """Copy ``source`` to ``path`` (never following a link there), fsync, and check the copy's SHA-256.
 
     With ``final`` the copy is written under a temporary name and linked into place without clobbering."""
-    temp = path.parent / f".{path.name}.modfetch-{uuid.uuid4().hex[:12]}.tmp" if final else path
+    temp = temp_sibling(path) if final else path
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
         with open(source.path, "rb") as src, os.fdopen(fd, "wb", closefd=False) as dst:

@@ -10,10 +10,10 @@ import os
 import shlex
 import shutil
 import subprocess
-import uuid
 from pathlib import Path
 
 from ..errors import DiskError, TargetExistsError
+from ..util.atomic import temp_sibling
 from .linker import CREATED, REPAIRED, REPLACED, SKIPPED, LinkResult, SourceFile
 
 
@@ -58,7 +58,7 @@ def write_modelfile(source: SourceFile, target: Path, force: bool = False) -> Li
                                     hint="pass --force to replace it")
         else:
             action = REPLACED
-    temp = target.parent / f".{target.name}.modfetch-{uuid.uuid4().hex[:12]}.tmp"
+    temp = temp_sibling(target)
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:

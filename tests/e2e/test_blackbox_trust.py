@@ -13,13 +13,18 @@ import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from modfetch.engine.files import open_part
 from modfetch.engine.origin import may_carry_credentials
+from modfetch.placement.hf_cache import write_ref
+from modfetch.placement.linker import SourceFile, copy_verified
+from modfetch.util.atomic import write_atomic
 from tests.conftest import Modfetch, sha256_of
 from tests.e2e.test_blackbox_urls import Cert, cert  # noqa: F401 - fixture
+from tests.e2e.test_trust_paste import _gguf_server
 from tests.servers.faulty import make_content
 from tests.servers.gated import GatedServer
 from tests.servers.raw import RawServer, Req
@@ -176,3 +181,47 @@ def test_open_part_never_opens_a_shared_inode(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert discarded == [True] and victim.read_bytes() == b"keep me"
+
+
+# -- Finding 7's class: a name the file system can hold must not fail later through a longer temporary name --
+
+LONG_STEM = "\u00e9" * 100 + "m" * 29  # 229 bytes, two-byte characters included: the name is 234 bytes
+
+
+@pytest.mark.parametrize("stem_bytes", [229, 235])
+def test_a_long_but_valid_name_is_placed_and_its_sidecars_written(mf: Modfetch, tmp_path: Path,
+                                                                  stem_bytes: int) -> None:
+    """A server-chosen name that passes the 240-byte rule (``X.gguf``) is downloaded, then ``--place`` wrote
+    ``X.Modelfile`` through ``.X.Modelfile.modfetch-<12 hex>.tmp``: 23 bytes more than the name, past NAME_MAX,
+    so the placement failed with ENAMETOOLONG although every real name fits."""
+    stem = LONG_STEM[: 100] + "m" * (stem_bytes - 200)
+    name = stem + ".gguf"
+    assert len(name.encode()) == stem_bytes + 5
+    mf.write_config(placement={"apps": {"ollama": {"preset": "ollama"}}})
+    server = _gguf_server(tmp_path, f"attachment; filename*=UTF-8''{quote(name)}")
+    try:
+        result = mf.run("download", "--url", server.url + "/model", "--dest", str(mf.dest), "--place")
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr
+    assert (mf.dest / name).is_file()
+    assert (mf.dest / (stem + ".Modelfile")).is_file(), result.stdout + result.stderr
+    assert not [p for p in mf.dest.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("name_bytes", [232, 240, 255])
+def test_every_atomic_writer_fits_any_name_the_file_system_holds(tmp_path: Path, name_bytes: int) -> None:
+    """The class at its root: the temporary name of an atomic write never grows past the final name's length
+    budget (util/atomic.py, hf_cache refs, linker copies and replacements, Ollama Modelfiles)."""
+    target = tmp_path / ("\u00e9" * 50 + "x" * (name_bytes - 100))
+    assert len(target.name.encode()) == name_bytes
+    assert write_atomic(target, b"data") and target.read_bytes() == b"data"
+    write_ref(tmp_path / ("r" * name_bytes), "c" * 40)
+    assert (tmp_path / ("r" * name_bytes)).read_text() == "c" * 40
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"payload")
+    copy_target = tmp_path / "sub" / target.name
+    copy_target.parent.mkdir()
+    copy_verified(SourceFile(source, hashlib.sha256(b"payload").hexdigest()), copy_target)
+    assert copy_target.read_bytes() == b"payload"
+    assert not [p for p in tmp_path.rglob("*.tmp")]
