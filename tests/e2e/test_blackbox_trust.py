@@ -27,7 +27,7 @@ from tests.e2e.test_blackbox_urls import Cert, cert  # noqa: F401 - fixture
 from tests.e2e.test_trust_paste import _gguf_server
 from tests.servers.faulty import make_content
 from tests.servers.gated import GatedServer
-from tests.servers.raw import RawServer, Req
+from tests.servers.raw import RawServer, Req, serve_file
 
 TOKEN = "hf_BlackboxTrustToken0123456789abcdef"
 DATA = hashlib.sha256(b"blackbox").digest() * 4096  # 128 KiB
@@ -225,3 +225,29 @@ def test_every_atomic_writer_fits_any_name_the_file_system_holds(tmp_path: Path,
     copy_verified(SourceFile(source, hashlib.sha256(b"payload").hexdigest()), copy_target)
     assert copy_target.read_bytes() == b"payload"
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+# -- secrets in a URL the user typed: every spelling a server may read as a token is masked everywhere ------
+
+def _everything_under(root: Path) -> bytes:
+    return b"\n".join(p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@pytest.mark.parametrize("query", ["x=1;token={s}", "key=1&amp;token={s}", "a=b;api_key={s}"])
+def test_a_secret_hidden_in_one_query_pair_is_masked_in_output_logs_and_state(mf: Modfetch, query: str) -> None:
+    """``redact_url`` masked only the values of secret parameter *names*; ``;`` separators (which parse_qsl no
+    longer splits on, but some servers do) and ``&amp;`` pasted from HTML kept the token in the state DB and
+    in ``status`` output."""
+    secret = "SeCrEt0123456789Hidden"
+    server = RawServer(lambda req, conn, srv: serve_file(req, conn))
+    try:
+        url = server.url("/f.bin?" + query.format(s=secret))
+        proc = mf.run("--log-level", "debug", "download", "--url", url, "--dest", str(mf.dest))
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stderr
+    status = mf.run("--json", "status")
+    listed = mf.run("list")
+    texts = proc.stdout + proc.stderr + status.stdout + status.stderr + listed.stdout + listed.stderr
+    assert secret not in texts
+    assert secret.encode() not in _everything_under(mf.home.parent)
