@@ -5,13 +5,15 @@ Each test drives the installed ``modfetch`` (a real subprocess, private HOME) ag
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import json
 import os
 import signal
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -251,3 +253,63 @@ def test_a_secret_hidden_in_one_query_pair_is_masked_in_output_logs_and_state(mf
     texts = proc.stdout + proc.stderr + status.stdout + status.stderr + listed.stdout + listed.stderr
     assert secret not in texts
     assert secret.encode() not in _everything_under(mf.home.parent)
+
+
+# -- Finding 2's class: a single stream never writes past the size the free-space check was made for --------
+
+ANNOUNCED = 100_000
+OVERSIZE = 8 << 20  # what the server really sends (bounded, so that the old code could not fill /tmp)
+
+
+def _oversized(kind: str) -> Callable[[Req, socket.socket, RawServer], bool]:
+    """HEAD announces ANNOUNCED bytes; the probe's ranged GET makes modfetch keep that size for a single stream
+    (``gzip``: a compressed 206; ``416``: an unsatisfiable bytes=0-0), then the full GET sends OVERSIZE bytes
+    without a Content-Length: gzip-compressed zeros (a decompression bomb, ~8 KiB on the wire) or plain."""
+    def handler(req: Req, conn: socket.socket, server: RawServer) -> bool:
+        if req.method == "HEAD":
+            conn.sendall(f'HTTP/1.1 200 OK\r\nETag: "e1"\r\nContent-Length: {ANNOUNCED}\r\n'
+                         "Connection: close\r\n\r\n".encode())
+        elif "range" in req.headers and kind == "gzip":
+            body = gzip.compress(b"\0")
+            conn.sendall(f'HTTP/1.1 206 Partial Content\r\nETag: "e1"\r\nContent-Encoding: gzip\r\n'
+                         f"Content-Range: bytes 0-0/{ANNOUNCED}\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + body)
+        elif "range" in req.headers:
+            conn.sendall(b'HTTP/1.1 416 Range Not Satisfiable\r\nETag: "e1"\r\nContent-Length: 0\r\n'
+                         b"Connection: close\r\n\r\n")
+        else:
+            body = gzip.compress(b"\0" * OVERSIZE) if kind == "gzip" else b"\0" * OVERSIZE
+            encoding = "Content-Encoding: gzip\r\n" if kind == "gzip" else ""
+            with contextlib.suppress(OSError):
+                conn.sendall(f'HTTP/1.1 200 OK\r\nETag: "e1"\r\n{encoding}Connection: close\r\n\r\n'.encode())
+                conn.sendall(body)
+        return False
+
+    return handler
+
+
+@pytest.mark.parametrize("kind", ["gzip", "416"])
+def test_a_stream_longer_than_its_announced_size_is_cut_off(mf: Modfetch, kind: str) -> None:
+    """The free-space check is made for the announced 100 kB, but a stream body without a Content-Length was
+    written on for as long as the server sent (a gzip bomb: ~8 KiB on the wire, any size on disk; an endless
+    one filled a 64 MiB ext4 image to ENOSPC) and then installed as the file.  Now the stream stops past the
+    announced size: nothing installed, the ``.part`` never larger than announced."""
+    biggest = [0]
+    part = mf.dest / "e.bin.part"
+    handler = _oversized(kind)
+
+    def watched(req: Req, conn: socket.socket, server: RawServer) -> bool:
+        with contextlib.suppress(OSError):
+            biggest[0] = max(biggest[0], part.stat().st_size)
+        return handler(req, conn, server)
+
+    server = RawServer(watched)
+    try:
+        proc = mf.run("download", "--url", server.url("/e.bin"), "--dest", str(mf.dest))
+    finally:
+        server.close()
+    assert proc.returncode == 1, proc.stderr
+    assert "kept changing" in proc.stderr, proc.stderr
+    assert not (mf.dest / "e.bin").exists()
+    assert (part.stat().st_size if part.exists() else 0) <= ANNOUNCED
+    assert biggest[0] <= ANNOUNCED
