@@ -313,3 +313,26 @@ def test_a_stream_longer_than_its_announced_size_is_cut_off(mf: Modfetch, kind: 
     assert not (mf.dest / "e.bin").exists()
     assert (part.stat().st_size if part.exists() else 0) <= ANNOUNCED
     assert biggest[0] <= ANNOUNCED
+
+
+# -- Finding 6's class: server-chosen text never reaches the terminal as escape sequences -------------------
+
+ESCAPES = "\x1b]0;PWNED\x07\x1b[2J\x1b[31m"
+
+
+def test_a_hostile_reason_phrase_never_reaches_the_terminal_even_in_a_debug_traceback(mf: Modfetch) -> None:
+    """The error line was made safe, but ``--log-level debug`` printed the traceback raw, and its last line
+    quotes the server's reason phrase: ``\\x1b]0;...`` retitles the terminal, ``\\x1b[2J`` clears it."""
+    def handler(req: Req, conn: socket.socket, server: RawServer) -> bool:
+        conn.sendall(f"HTTP/1.1 418 {ESCAPES}teapot\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                     .encode("latin-1"))
+        return False
+
+    server = RawServer(handler)
+    try:
+        proc = mf.run("--log-level", "debug", "download", "--url", server.url("/f.bin"), "--dest", str(mf.dest))
+    finally:
+        server.close()
+    assert proc.returncode == 1, proc.stderr
+    assert "teapot" in proc.stderr and "Traceback" in proc.stderr
+    assert "\x1b" not in proc.stderr + proc.stdout and "\x07" not in proc.stderr
