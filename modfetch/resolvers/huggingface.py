@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 import requests
 
 from ..config import Config
+from ..engine.http import host_of
 from ..engine.origin import scoped_auth_host
 from ..errors import (
     AmbiguousChoiceError,
@@ -44,7 +45,7 @@ from ..util import hf_tree
 from ..util.http import etag_value, header_int
 from ..util.redact import redact_url
 from . import hf_token, quant
-from .api import SourceClient
+from .api import SourceClient, origin
 from .base import ResolvedFile
 from .uris import HfUri, is_hf_browser_url, parse_hf_browser_url, parse_hf_uri
 
@@ -301,7 +302,14 @@ class _Hub:
                                       response.status_code)
             entries.extend(e for e in data if isinstance(e, dict))
             nxt = response.links.get("next", {}).get("url")
-            url = urljoin(url, nxt) if nxt else None
+            following = urljoin(url, nxt) if nxt else None
+            if following is not None and origin(following) != origin(url):
+                # The Hub pages on itself.  A page on another host would get the listing's say over what is
+                # downloaded, and a link spelling the token in its query would hand the token to that host.
+                raise HTTPStatusError(f"the Hub's file listing for {repo_id} links its next page to another "
+                                      f"host ({host_of(following)}); refusing to follow it", response.status_code,
+                                      hint="check that the configured endpoint is the Hugging Face Hub")
+            url = following
         return entries
 
     def list_files(self, repo_id: str, revision: str, folder: str, include: tuple[str, ...],

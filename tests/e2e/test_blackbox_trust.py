@@ -24,11 +24,14 @@ from modfetch.engine.origin import may_carry_credentials
 from modfetch.placement.hf_cache import write_ref
 from modfetch.placement.linker import SourceFile, copy_verified
 from modfetch.util.atomic import write_atomic
-from tests.conftest import Modfetch, sha256_of
+from tests.conftest import Modfetch, assert_clean_error, sha256_of
 from tests.e2e.test_blackbox_urls import Cert, cert  # noqa: F401 - fixture
+from tests.e2e.test_trust_credentials import Pair
 from tests.e2e.test_trust_paste import _gguf_server
 from tests.servers.faulty import make_content
 from tests.servers.gated import GatedServer
+from tests.servers.lookalike import Request as LookalikeRequest
+from tests.servers.lookalike import Response, json_response
 from tests.servers.raw import RawServer, Req, serve_file
 
 TOKEN = "hf_BlackboxTrustToken0123456789abcdef"
@@ -336,3 +339,41 @@ def test_a_hostile_reason_phrase_never_reaches_the_terminal_even_in_a_debug_trac
     assert proc.returncode == 1, proc.stderr
     assert "teapot" in proc.stderr and "Traceback" in proc.stderr
     assert "\x1b" not in proc.stderr + proc.stdout and "\x07" not in proc.stderr
+
+
+# -- Finding 1's class: the token echoed into a URL the endpoint hands over without a redirect ---------------
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    servers = Pair()
+    yield servers
+    servers.stop()
+
+
+@pytest.mark.parametrize("echo", [True, False])
+def test_token_echoed_into_a_listing_page_link_never_leaves_the_hub(mf: Modfetch, pair: Pair,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     echo: bool) -> None:
+    """The Hub's tree listing is paginated by ``Link: <URL>; rel="next"``.  A next link to another host is
+    fetched without the Authorization header, but a link that spells the token in its query handed it to that
+    host anyway (three times, with retries): the echo rule was checked for redirects only.  Now a next page on
+    another host is refused before any request (with or without the token in it)."""
+    commit = "e" * 40
+
+    def route(req: LookalikeRequest) -> Response:
+        if req.path in ("/api/models/a/b", "/api/models/a/b/revision/main"):
+            return json_response(200, {"id": "a/b", "sha": commit})
+        if req.path.startswith(f"/api/models/a/b/tree/{commit}"):
+            nxt = f"http://127.0.0.1:{pair.evil.port}/page2" + (f"?token={quote(TOKEN, safe='')}" if echo else "")
+            return Response(200, b"[]", [("Content-Type", "application/json"), ("Link", f'<{nxt}>; rel="next"')])
+        return json_response(404, {"error": "nope"})
+
+    pair.route = route
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    mf.write_config(sources={"huggingface": {"endpoint": pair.hub.url}})
+    proc = mf.run("download", "--url", "hf://a/b", "--dest", str(mf.dest))
+    assert any(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in pair.hub.requests())
+    pair.evil_saw_nothing(TOKEN)
+    assert proc.returncode == 1, proc.stderr
+    assert_clean_error(proc.stderr, "links its next page to another host")
+    assert TOKEN not in proc.stdout + proc.stderr
