@@ -377,3 +377,40 @@ def test_token_echoed_into_a_listing_page_link_never_leaves_the_hub(mf: Modfetch
     assert proc.returncode == 1, proc.stderr
     assert_clean_error(proc.stderr, "links its next page to another host")
     assert TOKEN not in proc.stdout + proc.stderr
+
+
+CIV_TOKEN = "civ0123456789BlackboxEcho"
+
+
+def test_civitai_token_echoed_into_a_preview_url_never_leaves_civitai(mf: Modfetch, pair: Pair,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--metadata`` fetches the version's preview image from the URL in CivitAI's JSON, off the endpoint
+    without the Authorization header; a URL that spells the token in its query still handed it to that host.
+    Now the preview is skipped with a note; the model and its info are kept."""
+    echo = f"http://127.0.0.1:{pair.evil.port}/img.png?token={CIV_TOKEN}"
+    files = [{"id": 1, "name": "m.safetensors", "primary": True, "sizeKB": len(DATA) / 1024,
+              "downloadUrl": f"{pair.hub.url}/api/download/models/7", "hashes": {}}]
+    version = {"id": 7, "modelId": 5, "name": "v1", "files": files,
+               "images": [{"url": echo, "type": "image", "nsfwLevel": 1}]}
+    model = {"id": 5, "name": "m", "type": "Checkpoint", "modelVersions": [version]}
+
+    def route(req: LookalikeRequest) -> Response:
+        if req.path == "/api/v1/models/5":
+            return json_response(200, model)
+        if req.path == "/api/v1/model-versions/7":
+            return json_response(200, version)
+        if req.path.startswith("/api/download/"):
+            return Response(200, DATA, [("Content-Type", "application/octet-stream"),
+                                        ("Content-Disposition", 'attachment; filename="m.safetensors"')])
+        return json_response(404, {"error": "Not found"})
+
+    pair.route = route
+    monkeypatch.setenv("CIVITAI_TOKEN", CIV_TOKEN)
+    mf.write_config(sources={"civitai": {"endpoint": pair.hub.url}})
+    proc = mf.run("download", "--metadata", "--url", "civitai://model/5", "--dest", str(mf.dest))
+    assert any(r.headers.get("authorization") == f"Bearer {CIV_TOKEN}" for r in pair.hub.requests()), proc.stderr
+    pair.evil_saw_nothing(CIV_TOKEN)
+    assert proc.returncode == 0, proc.stderr
+    assert (mf.dest / "m.safetensors").read_bytes() == DATA
+    assert (mf.dest / "m.civitai.info").is_file() and not list(mf.dest.glob("m.preview.*"))
+    assert CIV_TOKEN not in proc.stdout + proc.stderr
