@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -440,3 +441,26 @@ def test_a_file_changed_in_place_with_its_mtime_restored_is_not_reported_verifie
         server.close()
     assert "already present and verified" not in again.stderr or real in again.stdout, again.stderr
     assert not (again.returncode == 0 and real not in again.stdout), (again.stdout, again.stderr)
+
+
+# -- Finding 5's class: nothing at modfetch's own paths can hang it without bound ------------------------------
+
+@pytest.mark.xfail(strict=True, reason="state.py (being restructured) opens the DB without checking that the "
+                                       "path is a regular file; sqlite then blocks reading a FIFO for ever")
+def test_a_fifo_at_the_state_db_path_is_one_clear_error_not_a_hang(mf: Modfetch) -> None:
+    """A FIFO (or another non-regular file) at the state DB path: sqlite opens it read-write, then blocks for
+    ever reading its header; SIGTERM does not help (sqlite retries the read after EINTR), only SIGKILL does."""
+    mf.state_db.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(mf.state_db)
+    server = RawServer(lambda req, conn, srv: serve_file(req, conn))
+    proc = mf.popen("download", "--url", server.url("/f.bin"), "--dest", str(mf.dest))
+    try:
+        _, err = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("modfetch download hung on a FIFO at the state DB path")
+    finally:
+        server.close()
+    assert proc.returncode == 1
+    assert_clean_error(err, "state database")
