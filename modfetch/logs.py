@@ -74,6 +74,11 @@ def terminal_text(text: str) -> str:
     return termtext.printable(utf8_text(text))
 
 
+def _terminal_lines(text: str) -> str:
+    """``terminal_text`` of each line of a multi-line text (a traceback), the line breaks kept."""
+    return "\n".join(terminal_text(line) for line in text.splitlines())
+
+
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The structured fields a record carries (what the caller passed as ``extra=``)."""
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
@@ -120,10 +125,11 @@ class HumanFormatter(logging.Formatter):
         fields = extra_fields(record)
         if fields:
             line += "  " + " ".join(terminal_text(f"{k}={v}") for k, v in fields.items() if v is not None)
+        # A traceback quotes server text too (an HTTP reason phrase, a header): each of its lines is made safe.
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + _terminal_lines(self.formatException(record.exc_info))
         if record.stack_info:
-            line += "\n" + self.formatStack(record.stack_info)
+            line += "\n" + _terminal_lines(self.formatStack(record.stack_info))
         return utf8_text(redact(line.rstrip()))
 
 

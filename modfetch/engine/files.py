@@ -94,20 +94,27 @@ class TargetLock:
 def open_part(part: Path, on_discard: Callable[[], None]) -> int:
     """Open (creating) the ``.part`` file without ever following a link planted at its name.
 
-    Anything at that path that is not a regular file (a symlink, a fifo, a directory) is removed first and
-    ``on_discard`` forgets the chunk state that described it; ``O_NOFOLLOW`` closes the race after the check.
+    Anything at that path that is not a regular file of its own (a symlink, a fifo, or a hard link: a second
+    name of another file, which every write would change too) is removed first, only the name, so another
+    file keeps its bytes, and ``on_discard`` forgets the chunk state that described it.  ``O_NOFOLLOW`` closes
+    the symlink race after the check, an ``fstat`` of the opened file the hard-link race.
     """
-    try:
-        st = os.lstat(part)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISREG(st.st_mode):
+    for _ in range(3):
+        try:
+            st = os.lstat(part)
+        except FileNotFoundError:
+            pass
+        else:
             if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(errno.EISDIR, "a directory is in the way", str(part))
-            os.unlink(part)
-            on_discard()
-    return os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+                os.unlink(part)
+                on_discard()
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        if os.fstat(fd).st_nlink <= 1:
+            return fd
+        os.close(fd)  # linked between the check and the open: drop that name too
+    raise part_changed(part, "hard-linked to another file")
 
 
 def check_part(fd: int, part: Path, size: int | None = None) -> None:

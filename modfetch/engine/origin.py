@@ -99,19 +99,28 @@ def connection_origin(url: str) -> Origin:
     return Origin(scheme, host, port)
 
 
+def scoped_auth_host(scheme: str, auth_host: str) -> str:
+    """``scheme://host[:port]``: an ``auth_host`` that also binds the credential to ``scheme``, so that a request
+    chain which starts off the endpoint (the engine restarts its chunk requests from the probe's final URL)
+    can never hand an https credential to the same host over plain http."""
+    return f"{scheme.lower()}://{auth_host}"
+
+
 def bound_origin(auth_host: str, scheme: str) -> Origin | None:
-    """The origin a credential bound to ``auth_host`` (``host[:port]``) is for, the port defaulting by
-    ``scheme``; None when ``auth_host`` is not a usable host."""
+    """The origin a credential bound to ``auth_host`` (``host[:port]``, or ``scheme://host[:port]`` from
+    ``scoped_auth_host``) is for, the port defaulting by ``scheme`` (or the bound scheme); None when
+    ``auth_host`` is not a usable host."""
     try:
-        return connection_origin(f"{scheme}://{auth_host}/")
+        return connection_origin(auth_host + "/" if "://" in auth_host else f"{scheme}://{auth_host}/")
     except AmbiguousURLError:
         return None
 
 
 def may_carry_credentials(url: str, auth_host: str | None, auth_scheme: str | None = None) -> bool:
     """THE credential decision, for every request modfetch sends: True only when ``url`` connects to
-    ``auth_host`` (same host and port, as urllib3 reads the URL) over ``auth_scheme`` or a stronger scheme
-    (never downgraded from https to http).  Raises AmbiguousURLError for a URL the parsers disagree on."""
+    ``auth_host`` (same host and port, as urllib3 reads the URL) over ``auth_scheme`` (or the scheme
+    ``auth_host`` is scoped to) or a stronger scheme (never downgraded from https to http).  Raises
+    AmbiguousURLError for a URL the parsers disagree on."""
     target = connection_origin(url)
     if not auth_host:
         return False
@@ -119,4 +128,6 @@ def may_carry_credentials(url: str, auth_host: str | None, auth_scheme: str | No
     bound = bound_origin(auth_host, scheme if scheme in DEFAULT_PORTS else target.scheme)
     if bound is None or (bound.host, bound.port) != (target.host, target.port):
         return False
+    if "://" in auth_host and bound.scheme == "https":
+        scheme = "https"  # the credential's own scheme wins over one derived from the request chain
     return not (scheme == "https" and target.scheme != "https")

@@ -42,8 +42,13 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
         os.ftruncate(fd, 0)
         if writes is not None:
             writes.own_change()
+        # The most this body may hold: the file's announced size (the free-space check was made for it).  A body
+        # without a Content-Length, or a compressed one, could otherwise be written on until the disk is full.
+        allowed = length if length is not None else expected_size
         for block in _unless_stopped(response.iter_content(BLOCK) if encoded else _raw_blocks(response, view), stop):
             n = len(block)
+            if allowed is not None and pos + n > allowed:
+                raise RemoteChanged(f"the server sent more than the {allowed} bytes it announced")
             data = block if isinstance(block, memoryview) else memoryview(block)
             if os.fstat(fd).st_size < pos:  # truncated by another program: writing on would leave a hole
                 raise PartTruncated()

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import requests
 
 from ..config import Config
+from ..engine.origin import scoped_auth_host
 from ..errors import AmbiguousChoiceError, AuthError, Candidate, HTTPStatusError, NotFoundError, UsageError
 from ..util.filenames import sanitize_filename
 from ..util.http import MAX_SIZE, parse_content_disposition_filename
@@ -89,7 +90,7 @@ class CivitaiResolver:
                  meta.get("format") or "?")
         return [ResolvedFile(
             url=url, filename=name, display_url=display, headers=headers,
-            auth_host=client.auth_host if headers else None,
+            auth_host=scoped_auth_host(client.auth_scheme, client.auth_host) if headers else None,
             size=_size_bytes(chosen.get("sizeKB")),
             sha256=sha if _SHA256.match(sha) else None, source="civitai",
             hints={k: v for k, v in hints.items() if v is not None})]

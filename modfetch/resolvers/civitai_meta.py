@@ -87,6 +87,9 @@ def _read_capped(response: requests.Response, cap: int, what: str) -> bytes | No
 
 def fetch_preview(client: SourceClient, url: str) -> tuple[tuple[bytes, str] | None, str]:
     """``((bytes, extension), "")`` for an image at ``url``, else ``(None, why not)``."""
+    # The URL comes from CivitAI's JSON: like a redirect's Location it must not spell the token for another host
+    # (the header is withheld there, the URL would carry it anyway).  AuthError: the caller keeps the info.
+    url = client.off_host_target(client.endpoint, url, 200)
     for _ in range(MAX_HOPS):
         response, final = client.send("GET", url)
         with response:

@@ -30,6 +30,8 @@ from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 import requests
 
 from ..config import Config
+from ..engine.http import host_of, same_origin
+from ..engine.origin import scoped_auth_host
 from ..errors import (
     AmbiguousChoiceError,
     AuthError,
@@ -253,7 +255,8 @@ class _Hub:
         hints.update(etag=etag, lfs=False)
         pinned = self.resolve_url(repo_id, commit if _SHA1.match(commit) else revision, path)
         return ResolvedFile(url=pinned, filename=posixpath.basename(path), display_url=display,
-                            headers=dict(self.client.auth), auth_host=self.client.auth_host,
+                            headers=dict(self.client.auth),
+                            auth_host=scoped_auth_host(self.client.auth_scheme, self.client.auth_host),
                             size=_int(headers.get("Content-Length")), git_sha1=git_sha1, source="huggingface",
                             hints=hints)
 
@@ -306,7 +309,14 @@ class _Hub:
                                       response.status_code)
             entries.extend(e for e in data if isinstance(e, dict))
             nxt = response.links.get("next", {}).get("url")
-            url = urljoin(url, nxt) if nxt else None
+            following = urljoin(url, nxt) if nxt else None
+            if following is not None and not same_origin(following, url):
+                # The Hub pages on itself.  A page on another host would get the listing's say over what is
+                # downloaded, and a link spelling the token in its query would hand the token to that host.
+                raise HTTPStatusError(f"the Hub's file listing for {repo_id} links its next page to another "
+                                      f"host ({host_of(following)}); refusing to follow it", response.status_code,
+                                      hint="check that the configured endpoint is the Hugging Face Hub")
+            url = following
         return entries
 
     def list_files(self, repo_id: str, revision: str, folder: str, include: tuple[str, ...],
@@ -350,7 +360,8 @@ class _Hub:
                 url=self.resolve_url(repo_id, commit, path), filename=posixpath.basename(path),
                 display_url=redact_url(self.resolve_url(repo_id, revision, path)),
                 subdir=posixpath.join(repo_name, posixpath.dirname(path)).rstrip("/"),
-                headers=dict(self.client.auth), auth_host=self.client.auth_host,
+                headers=dict(self.client.auth),
+                auth_host=scoped_auth_host(self.client.auth_scheme, self.client.auth_host),
                 size=size if isinstance(size, int) else None,
                 sha256=sha256 if _SHA256.match(sha256) else None,
                 git_sha1=oid if not lfs and _SHA1.match(oid) else None,

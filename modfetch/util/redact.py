@@ -25,6 +25,10 @@ _SECRET_PARAMS = re.compile(rf"^(?:{_SECRET_PARAM_NAMES})$", re.I)
 _AUTH_HEADER = re.compile(r"(?i)\b(authorization|proxy-authorization|cookie)(['\"]?\s*[:=]\s*['\"]?)([^'\"\n,}]+)")
 _BEARER = re.compile(r"(?i)\b(bearer|token)\s+[A-Za-z0-9._~+/=-]{6,}")
 _QUERY_SECRET = re.compile(rf"(?i)([?&;](?:{_SECRET_PARAM_NAMES})=)[^&#\s'\"]+")
+# A secret assignment hidden inside one decoded query pair: ``x=1;token=S`` (``;`` as a separator, which
+# parse_qsl no longer splits on but some servers do), ``amp;token=S`` (``&amp;`` pasted from HTML),
+# ``Token%3DS`` (the whole assignment percent-encoded into the name).
+_NESTED_SECRET = re.compile(rf"(?i)(?:^|[;&?])(?:{_SECRET_PARAM_NAMES})=")
 
 
 # Secret values that come from somewhere other than a variable (the Hugging Face token file).
@@ -75,6 +79,17 @@ def redact(text: str) -> str:
     return _QUERY_SECRET.sub(lambda m: m.group(1) + MASK, text)
 
 
+def _masked_pair(key: str, value: str) -> tuple[str, str]:
+    """A decoded query pair with its secret masked: the value of a secret name, or everything after a
+    secret assignment hidden inside the pair."""
+    if _SECRET_PARAMS.match(key):
+        return key, MASK
+    hidden = _NESTED_SECRET.search(f"{key}={value}")
+    if hidden is None:
+        return key, value
+    return f"{key}={value}"[: hidden.end() - 1], MASK
+
+
 def redact_url(url: str) -> str:
     """A URL safe to store or show: user-info removed, secret query parameters masked, tokens masked."""
     try:
@@ -85,5 +100,5 @@ def redact_url(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, MASK if _SECRET_PARAMS.match(k) else v) for k, v in pairs], safe="*/:")
+        query = urlencode([_masked_pair(k, v) for k, v in pairs], safe="*/:")
     return redact(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
