@@ -15,6 +15,7 @@ from typing import Any
 from ..artifacts import vocabulary
 from ..artifacts.detect import _by_name, detect
 from ..config import Config
+from ..engine.files import file_stamp
 from ..engine.hashing import sha256_file
 from ..engine.http import RetryableError
 from ..engine.probe import probe
@@ -99,7 +100,7 @@ def _state(config: Config, path: Path, expected: str | None, size: int | None) -
     if path.is_file():
         row = _row(config, path)
         st = path.stat()
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        stamp = file_stamp(st)
         recorded = row.sha256 if row is not None and row.meta.get("stat") == stamp else None
         if expected:
             return PRESENT if (recorded or sha256_file(path)) == expected else CONFLICT

@@ -256,7 +256,7 @@ def dest_verdict(row: DownloadRow) -> str:
     if not stat.S_ISREG(lst.st_mode):
         return "not a file any more"
     recorded = row.meta.get("stat")
-    inode = recorded[2] if isinstance(recorded, list) and len(recorded) == 3 else lst.st_ino
+    inode = recorded[2] if isinstance(recorded, list) and len(recorded) >= 3 else lst.st_ino
     if row.size is not None and lst.st_size == row.size and inode == lst.st_ino:
         return "ours"
     try:

@@ -18,6 +18,7 @@ from typing import Any
 from ..artifacts import Detection, detect
 from ..config import Config
 from ..engine.download import DownloadResult
+from ..engine.files import file_stamp
 from ..engine.hashing import sha256_file
 from ..errors import IntegrityError, ModfetchError, UsageError
 from ..paths import expand_path
@@ -275,4 +276,4 @@ def _stat_matches(row: DownloadRow) -> bool:
         st = os.stat(row.dest_path)
     except OSError:
         return False
-    return stat.S_ISREG(st.st_mode) and row.meta.get("stat") == [st.st_size, st.st_mtime_ns, st.st_ino]
+    return stat.S_ISREG(st.st_mode) and row.meta.get("stat") == file_stamp(st)

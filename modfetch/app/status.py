@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..engine.files import TargetLock
+from ..engine.files import TargetLock, file_stamp
 from ..engine.hashing import sha256_file
 from ..errors import LockedError, UsageError
 from ..paths import expand_path
@@ -125,7 +125,7 @@ def _verify_one(db: StateDB, row: DownloadRow, on_hashed: Callable[[DownloadRow]
         on_hashed(row)
     if actual == row.sha256:
         st = os.stat(path)
-        meta = dict(row.meta, stat=[st.st_size, st.st_mtime_ns, st.st_ino], verified_at=time.time())
+        meta = dict(row.meta, stat=file_stamp(st), verified_at=time.time())
         return _judge(db, row, VerifyOutcome(row, True, actual, "ok"), status=VERIFIED, error=None, meta=meta)
     return _judge(db, row, VerifyOutcome(row, False, actual, "MISMATCH"),
                   status=MISMATCH, error=f"on-disk sha256 {actual} != recorded {row.sha256}")

@@ -203,7 +203,7 @@ _STOPPING = threading.Event()
 
 
 def _terminate(signum: int, _frame: object) -> None:
-    """SIGINT/SIGTERM: downloads checkpoint their state and the process exits cleanly (130).
+    """SIGINT/SIGTERM/SIGHUP: downloads checkpoint their state and the process exits cleanly (130).
 
     While a download's coordinator polls for stop requests in this (main) thread, the signal only asks it to
     stop: a KeyboardInterrupt raised inside the thread pool's bookkeeping can leave locks held and hang.  Once
@@ -217,16 +217,20 @@ def _terminate(signum: int, _frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
+    stopping = [signal.SIGTERM, signal.SIGINT]
+    # A closed terminal (SIGHUP) saves state like Ctrl-C; under `nohup` (SIGHUP ignored) it stays ignored.
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+        stopping.append(signal.SIGHUP)
+    for signum in stopping:
+        signal.signal(signum, _terminate)
     try:
         cli.main(args=argv, prog_name="modfetch")
     finally:
         if _STOPPING.is_set():
             # Python restores the default handlers while it shuts down, so a late signal of a burst would kill
             # the process that just saved its state (exit -2 instead of 130); ignored handlers stay ignored.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for signum in stopping:
+                signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -270,6 +270,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def file_stamp(st: os.stat_result) -> list[int]:
+    """What lets a recorded SHA-256 stand for a file without re-reading it: size, mtime, inode and ctime.  The
+    ctime catches a writer that restores the mtime (``touch -d``); nobody can set it back."""
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
 def install_file(part: Path, final: Path, overwrite: bool, check: Callable[[], None] | None = None) -> None:
     """Move ``part`` to ``final`` atomically; without ``overwrite`` an existing file is never replaced.
     ``check`` runs right before the move (the last moment to refuse a ``.part`` someone changed)."""

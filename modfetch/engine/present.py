@@ -20,7 +20,7 @@ from ..state import CHUNK_COMPLETE, COMPLETE, FINISHED_STATUSES, MISMATCH, Downl
 from ..util.filenames import filename_from_url, safe_join, sanitize_filename
 from ..util.http import strong_etag
 from ..util.redact import redact_url
-from .files import TargetLock, is_own_sidecar, write_checksum_file
+from .files import TargetLock, file_stamp, is_own_sidecar, write_checksum_file
 from .hashing import sha256_file
 from .http import RemoteChanged
 from .partcopy import copy_into_part
@@ -37,7 +37,7 @@ class Presence:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._hashed: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime, inode) -> sha256
+        self._hashed: dict[tuple[object, ...], str] = {}  # (path, *file_stamp) -> sha256
 
     def _lock(self, dest: Path) -> TargetLock:
         return TargetLock(self.config.data_root / "locks", dest)
@@ -125,6 +125,10 @@ class Presence:
         """Record the verified file in place as this download's finished result."""
         log.info("%s is already present and verified; nothing to fetch", dest)
         write_checksum_file(dest, actual)
+        stamp = file_stamp(dest.stat())
+        if row is not None and row.sha256 == actual and row.meta.get("stat") != stamp:
+            # Hashed again (a placement's hard link moves the ctime): the next rerun need not read it again.
+            db.update_download(row.id, meta=dict(row.meta, stat=stamp))
         if row is not None and row.status not in FINISHED_STATUSES:
             row.part_path.unlink(missing_ok=True)  # a hard link to dest if killed mid-install
             db.update_download(row.id, status=COMPLETE, bytes_done=dest.stat().st_size, error=None,
@@ -152,7 +156,7 @@ class Presence:
             return None
         st = dest.stat()
         recorded = row.meta.get("stat")
-        if st.st_size != row.size or (not req.repair and isinstance(recorded, list) and len(recorded) == 3
+        if st.st_size != row.size or (not req.repair and isinstance(recorded, list) and len(recorded) >= 3
                                       and recorded[2] != st.st_ino):
             return None
         if self.cached_sha256(row, dest) == row.sha256:
@@ -167,12 +171,12 @@ class Presence:
         return row
 
     def cached_sha256(self, row: DownloadRow | None, dest: Path) -> str:
-        """The file's SHA-256, reusing the recorded one while size, mtime and inode are unchanged."""
+        """The file's SHA-256, reusing the recorded one while its ``file_stamp`` is unchanged."""
         st = dest.stat()
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        stamp = file_stamp(st)
         if row is not None and row.sha256 and row.meta.get("stat") == stamp:
             return row.sha256
-        key = (str(dest), st.st_size, st.st_mtime_ns, st.st_ino)
+        key = (str(dest), *stamp)
         if key not in self._hashed:  # hashed at most once per run (the no-probe check, then the normal one)
             self._hashed[key] = sha256_file(dest)
         return self._hashed[key]

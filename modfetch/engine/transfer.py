@@ -27,6 +27,7 @@ from .files import (
     PartWritten,
     check_part,
     ensure_space,
+    file_stamp,
     free_space_margin,
     install_file,
     open_part,
@@ -92,7 +93,7 @@ def transfer(run: Run) -> DownloadResult:
         write_checksum_file(dest, sha256)
         st = dest.stat()
         elapsed = time.monotonic() - run.started
-        meta = dict(run.req.meta, stat=[st.st_size, st.st_mtime_ns, st.st_ino])
+        meta = dict(run.req.meta, stat=file_stamp(st))
         db.update_download(row.id, status=COMPLETE, sha256=sha256, bytes_done=size, error=None,
                            finished_at=time.time(), meta=meta)
         ok = True

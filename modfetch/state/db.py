@@ -38,7 +38,7 @@ from .rows import (
     sane_number,
 )
 from .schema import SCHEMA_VERSION, migrate
-from .sqlerrors import default_busy_timeout, is_locked, locked_error, pid_alive
+from .sqlerrors import default_busy_timeout, is_locked, locked_error, pid_alive, refuse_special_file
 
 # A counter's key: (name, source, reason); '' for a label a counter does not have.
 CounterKey = tuple[str, str, str]
@@ -58,6 +58,7 @@ class StateDB:
         self.readonly = readonly
         busy_timeout = default_busy_timeout() if busy_timeout is None else busy_timeout
         self.busy_timeout = busy_timeout
+        refuse_special_file(path)
         try:
             if readonly:
                 # Quoted: a '?' or '#' in the path would otherwise end the file name inside the URI.

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shlex
 import sqlite3
+import stat
+from pathlib import Path
 
 from ..errors import StateError
 
@@ -13,6 +15,18 @@ BUSY_TIMEOUT_MS = 30_000
 # Seconds a statement waits for another process's lock before failing with a clear "locked" error (never an
 # endless wait); tests and impatient services lower it.
 BUSY_TIMEOUT_ENV = "MODFETCH_DB_BUSY_TIMEOUT"
+
+
+def refuse_special_file(path: Path) -> None:
+    """StateError when ``path`` exists but is not a regular file: sqlite would block for ever reading the
+    header of a FIFO (and no signal gets it out), or fail obscurely on a device or directory."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return  # absent (created on open) or unreadable: sqlite's own error says which
+    if not stat.S_ISREG(st.st_mode):
+        raise StateError(f"state database {path} is not a regular file",
+                         hint="move it aside; modfetch creates a new database there")
 
 
 def pid_alive(pid: int | None) -> bool:

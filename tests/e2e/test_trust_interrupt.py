@@ -201,7 +201,7 @@ def test_every_blocking_read_stops_within_a_second(mf: Modfetch, tmp_path: Path,
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_repo_whose_files_stream_in_parallel_stops_within_a_second(mf: Modfetch, sig: int) -> None:
     """``download hf://owner/repo`` runs its files in pool threads while the main thread waits: the stop must
     reach the threads' reads too, not only set a flag they look at between 1 MiB blocks."""
