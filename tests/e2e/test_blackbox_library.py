@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,18 +18,6 @@ from tests.servers.lookalike.civitai import CivitaiLookalike
 from tests.servers.lookalike.hub import HubLookalike
 
 Serve = Callable[..., FaultyServer]
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[HubLookalike]:
-    with HubLookalike() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def civitai() -> Iterator[CivitaiLookalike]:
-    with CivitaiLookalike() as server:
-        yield server
 
 
 def run_in(mf: Modfetch, cwd: Path, *args: str) -> tuple[int, str, str]:

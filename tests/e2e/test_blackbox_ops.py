@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,6 @@ from tests.conftest import MiB, Modfetch
 from tests.servers.faulty import FaultyServer
 from tests.servers.lookalike.civitai import CivitaiLookalike
 from tests.servers.lookalike.hub import HubLookalike
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[HubLookalike]:
-    with HubLookalike() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def civitai() -> Iterator[CivitaiLookalike]:
-    with CivitaiLookalike() as server:
-        yield server
 
 
 def tree(root: Path) -> dict[str, tuple[int, int]]:

@@ -10,7 +10,6 @@ import json
 import signal
 import socket
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,6 @@ from tests.conftest import MiB, Modfetch, wait_for
 from tests.servers.faulty import FaultyServer
 from tests.servers.lookalike.civitai import CivitaiLookalike
 from tests.servers.lookalike.hub import GOOD_TOKEN, HubLookalike
-
-
-@pytest.fixture(scope="module")
-def hub() -> Iterator[HubLookalike]:
-    with HubLookalike() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def civitai() -> Iterator[CivitaiLookalike]:
-    with CivitaiLookalike() as server:
-        yield server
 
 
 def dead_url() -> str:
