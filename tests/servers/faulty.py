@@ -87,6 +87,7 @@ class Faults:
     rate: float | None = None              # bytes per second per response (a trickle / throttle)
     rate_starts: frozenset[int] | None = None  # throttle only ranges starting at these offsets
     max_active: int | None = None          # data requests in flight past this many get error_status (or 503)
+    total_rate: float | None = None        # bytes per second shared by all responses (a full link)
 
     def __post_init__(self) -> None:
         if self.advertise_ranges is None:
@@ -168,6 +169,7 @@ class FaultyServer:
         self._fired: dict[str, int] = {}
         self.active = 0                    # data requests being answered now
         self.peak_active = 0               # the most that were ever answered at once (parallel connections)
+        self._link_free = 0.0              # total_rate: when the shared link can send the next piece
         self.httpd = _Httpd((host, port), _Handler)
         self.httpd.owner = self
         self.port = self.httpd.server_address[1]
@@ -299,6 +301,15 @@ class FaultyServer:
     def _leave(self) -> None:
         with self.lock:
             self.active -= 1
+
+    def _pace(self, nbytes: int, rate: float) -> None:
+        """Wait for the shared link (``total_rate``): pieces of all responses go out one after another."""
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self._link_free)
+            self._link_free = start + nbytes / rate
+        if start > now:
+            self._wait(start - now)
 
     def _wait(self, seconds: float, event: threading.Event | None = None) -> None:
         """Sleep up to ``seconds`` (capped), returning early when stopping; raises _Stop when stopping."""
@@ -530,6 +541,8 @@ class _Handler(BaseHTTPRequestHandler):
             if stall_at is not None:
                 piece = min(piece, max(1, stall_at - sent))
             block = view[sent:sent + piece]
+            if faults.total_rate:
+                owner._pace(len(block), faults.total_rate)
             if chunked:
                 self.wfile.write(f"{len(block):x}\r\n".encode() + bytes(block) + b"\r\n")
             else:
