@@ -16,10 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..state import CHUNK_PENDING
-from .scheduler import LiveChunk, Scheduler
+from .scheduler import STEAL_GUARD, STEAL_MIN, LiveChunk, Scheduler
 
 log = logging.getLogger("modfetch.engine")
 POLL_SECONDS = 0.25  # the coordinator's loop period when nothing is being measured
+# Below this much left per connection, stealing cannot keep every connection busy: the rate then measures
+# the end of the transfer, not the count, and more connections would find nothing to do.
+BUSY_BYTES = STEAL_MIN + STEAL_GUARD
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,9 @@ class AdaptiveSettings:
     """How the count adapts.  The defaults are the measured behaviour; tests shorten the windows."""
 
     cap: int = 32                # concurrency.max_connections_per_file
-    settle: float = 0.2          # seconds after a change before measuring: new connections connect and start
-    window: float = 0.5          # seconds of transfer measured per count
+    settle: float = 0.1          # seconds after a change before measuring (at least the time the first
+                                 # connections took to deliver bytes: a far server needs longer to connect)
+    window: float = 0.3          # seconds of transfer measured per count
     min_gain: float = 0.05       # a step must raise the rate by at least this fraction...
     efficiency: float = 0.25     # ...and by this share of what it would bring if each connection were throttled
     min_bytes: int = 64 << 20    # adapt only when at least this much is left to fetch
@@ -46,12 +50,16 @@ class Level:
 class Controller:
     """The connection count of one transfer, decided from samples alone (no clock, no threads)."""
 
-    def __init__(self, start: int, settings: AdaptiveSettings, now: float, errors: int = 0) -> None:
+    def __init__(self, start: int, settings: AdaptiveSettings, now: float, errors: int = 0, done: int = 0,
+                 total: int | None = None) -> None:
         self.settings = settings
+        self.total = total  # bytes on disk once the transfer is done (None: never too close to the end)
         self.start = start
         self.count = start
         self.good: list[Level] = []     # counts that paid off, lowest first
         self.probing = start < settings.cap
+        self.settle = settings.settle
+        self._first: tuple[float, int] | None = (now, done)  # until the first bytes arrive
         self._reset(now, errors)
 
     def _reset(self, now: float, errors: int) -> None:
@@ -66,19 +74,28 @@ class Controller:
 
     def feed(self, now: float, done: int, errors: int) -> int:
         """Take one sample (monotonic seconds, bytes on disk, retries so far); the count to run with now."""
+        if self._first is not None:
+            if done <= self._first[1]:
+                return self.count
+            # New connections take about as long as the first ones did before they add to the rate.
+            self.settle = max(self.settings.settle, now - self._first[0])
+            self._first = None
         failed = errors > self._errors_at_change
         if failed and self.probing and self.good:
             # A step above a good count brought retries (429/503, stalls, cuts): back off at once.
             self._settle(now, errors, self.good[-1].count, "retries rose")
             return self.count
         if self._base is None:
-            if now - self._changed >= self.settings.settle:
+            if now - self._changed >= self.settle:
                 self._base = (now, done)
             return self.count
         began, base = self._base
         if now - began < self.settings.window:
             return self.count
         rate = (done - base) / (now - began)
+        if self.probing and self._ending(done, self.count):
+            self._settle(now, errors, self.count, "too little left to measure")
+            return self.count
         if not self.probing:
             if failed and len(self.good) > 1:
                 self.good.pop()  # retries at a count that once paid off: one level down
@@ -90,27 +107,33 @@ class Controller:
             if failed:
                 self._settle(now, errors, self.count, "retries at the starting count")
                 return self.count
-            self._accept(now, errors, rate)
+            self._accept(now, errors, done, rate)
             return self.count
         previous = self.good[-1]
         wanted = max(self.settings.min_gain, self.settings.efficiency * (self.count / previous.count - 1))
         if rate >= previous.rate * (1 + wanted):
-            self._accept(now, errors, rate)
+            self._accept(now, errors, done, rate)
         else:
             self._settle(now, errors, previous.count,
                          f"{self.count} connections gave {rate / 1e6:.1f} MB/s, {previous.count} gave "
                          f"{previous.rate / 1e6:.1f} MB/s")
         return self.count
 
-    def _accept(self, now: float, errors: int, rate: float) -> None:
+    def _accept(self, now: float, errors: int, done: int, rate: float) -> None:
         self.good.append(Level(self.count, rate))
         if self.count >= self.settings.cap:
             self._settle(now, errors, self.count, f"the cap ({self.settings.cap})")
+            return
+        if self._ending(done, min(self.settings.cap, self.count * 2)):
+            self._settle(now, errors, self.count, "too little left for more")
             return
         log.debug("%d connections: %.1f MB/s; trying %d", self.count, rate / 1e6,
                   min(self.settings.cap, self.count * 2))
         self.count = min(self.settings.cap, self.count * 2)
         self._reset(now, errors)
+
+    def _ending(self, done: int, count: int) -> bool:
+        return self.total is not None and self.total - done < count * BUSY_BYTES
 
     def _settle(self, now: float, errors: int, count: int, why: str) -> None:
         self.probing = False
@@ -189,5 +212,6 @@ def connections_for(start: int, remaining: int, settings: AdaptiveSettings | Non
     left to fetch for a step to pay off, fixed otherwise (a pinned ``--concurrency``, a small file)."""
     controller = None
     if settings is not None and settings.cap > start and remaining >= settings.min_bytes and scheduler.steal:
-        controller = Controller(start, settings, now, errors)
+        done = scheduler.bytes_done()
+        controller = Controller(start, settings, now, errors, done, done + remaining)
     return Connections(scheduler, start, controller, record)

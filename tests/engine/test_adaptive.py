@@ -55,7 +55,7 @@ def test_a_per_connection_throttle_grows_the_count(tmp_path: Path, faulty_server
 def test_a_rate_that_cannot_grow_keeps_the_starting_count(tmp_path: Path, faulty_server: Serve) -> None:
     # A server whose responses share one 32 MiB/s link (no limit per connection): the step is tried, brings
     # nothing, and the transfer goes back to the starting count.
-    server = faulty_server(size=48 * MiB, total_rate=32 * MiB)
+    server = faulty_server(size=64 * MiB, total_rate=32 * MiB)
     chosen = download(tmp_path, server, adaptive=FAST)
     assert chosen == START
     assert server.peak_active > START  # it did try more

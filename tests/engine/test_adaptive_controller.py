@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from modfetch.engine.adaptive import AdaptiveSettings, Connections, Controller, connections_for
+from modfetch.engine.adaptive import BUSY_BYTES, AdaptiveSettings, Connections, Controller, connections_for
 from modfetch.engine.scheduler import LiveChunk, Scheduler
 from modfetch.state import CHUNK_PENDING, CHUNK_RUNNING
 
@@ -170,3 +170,46 @@ def test_adapting_only_where_it_can_matter(start: int, remaining: int, settings:
     conns = connections_for(start, remaining, settings, scheduler_of(4), None, 0.0, 0)
     assert (conns.controller is not None) is adaptive
     assert conns.poll_seconds == (0.1 if adaptive else 0.25)
+
+
+def test_a_far_server_gets_a_longer_settle_time() -> None:
+    # Each new connection needs 0.8 s (connect, TLS, first bytes) before it adds its 10 MB/s, as the first
+    # ones did: measuring right after a step would see no gain and wrongly keep the starting count.
+    controller = Controller(8, SETTINGS, 0.0)
+    now, done, count, since = 0.0, 0.0, 8, 0.0
+    productive = 0
+    while now < 12:
+        now = round(now + 0.1, 6)
+        if now - since >= 0.8:
+            productive = count
+        done += productive * 10 * MB * 0.1
+        new = controller.feed(now, int(done), 0)
+        if new != count:
+            count, since = new, now
+    assert controller.settle == pytest.approx(0.8)
+    assert count == 32
+
+
+def test_no_step_is_taken_or_judged_near_the_end() -> None:
+    # 420 MiB at 10 MB/s per connection: after 16 connections paid off, too little is left to keep 32 busy
+    # (each needs BUSY_BYTES of work), so the count stays at 16 instead of measuring the tail.
+    controller = Controller(8, SETTINGS, 0.0, total=420 << 20)
+    now, done, count, seen = 0.0, 0.0, 8, {8}
+    while done < 420 << 20:
+        now = round(now + 0.1, 6)
+        done += count * 10 * MB * 0.1
+        count = controller.feed(now, int(done), 0)
+        seen.add(count)
+    assert count == 16 and not controller.measuring
+    assert [g.count for g in controller.good] == [8, 16] and seen == {8, 16}
+
+
+def test_a_step_that_runs_into_the_end_keeps_its_count() -> None:
+    # the step to 16 is taken with enough left, but the end arrives before its window is judged
+    total = 8 * 10 * MB * 1.2 + 16 * BUSY_BYTES + 1
+    controller = Controller(8, SETTINGS, 0.0, total=int(total))
+    assert controller.feed(0.2, 10 * MB, 0) == 8
+    assert controller.feed(1.2, 90 * MB, 0) == 16
+    assert controller.feed(1.5, int(total) - 4 * BUSY_BYTES, 0) == 16  # window starts
+    assert controller.feed(2.5, int(total) - BUSY_BYTES, 0) == 16  # too little left to judge: kept
+    assert not controller.measuring
