@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..state import CHUNK_PENDING
-from .scheduler import STEAL_GUARD, STEAL_MIN, LiveChunk, Scheduler
+from .scheduler import STEAL_MIN, LiveChunk, Scheduler
 
 log = logging.getLogger("modfetch.engine")
 POLL_SECONDS = 0.25  # the coordinator's loop period when nothing is being measured
-# Below this much left per connection, stealing cannot keep every connection busy: the rate then measures
-# the end of the transfer, not the count, and more connections would find nothing to do.
-BUSY_BYTES = STEAL_MIN + STEAL_GUARD
+# Below this much left per connection, not every connection has work (a thief takes at least half of
+# STEAL_MIN): the rate then measures the end of the transfer, not the count, and more connections would
+# find nothing to do.
+BUSY_BYTES = STEAL_MIN
 
 
 @dataclass(frozen=True)

@@ -191,11 +191,12 @@ def test_a_far_server_gets_a_longer_settle_time() -> None:
 
 
 def test_no_step_is_taken_or_judged_near_the_end() -> None:
-    # 420 MiB at 10 MB/s per connection: after 16 connections paid off, too little is left to keep 32 busy
-    # (each needs BUSY_BYTES of work), so the count stays at 16 instead of measuring the tail.
-    controller = Controller(8, SETTINGS, 0.0, total=420 << 20)
+    # 10 MB/s per connection: 16 connections are judged (and pay off) 2.4 s in, with 288 MB on disk; what is
+    # left then keeps 16 connections busy but not 32 (each needs BUSY_BYTES of work), so 32 is never tried.
+    total = int(288 * MB + 24 * BUSY_BYTES)
+    controller = Controller(8, SETTINGS, 0.0, total=total)
     now, done, count, seen = 0.0, 0.0, 8, {8}
-    while done < 420 << 20:
+    while done < total:
         now = round(now + 0.1, 6)
         done += count * 10 * MB * 0.1
         count = controller.feed(now, int(done), 0)
