@@ -72,6 +72,8 @@ class ConcurrencyConfig:
     """Parallelism and retry policy for chunked downloads."""
 
     per_file_chunks: int = _bounded(8, 1, 64)  # the same range as --concurrency
+    # The adaptive count's ceiling: connections are added while each step raises the rate (engine/adaptive.py).
+    max_connections_per_file: int = _bounded(32, 1, 64)
     chunk_size_mb: int = 16
     max_retries: int = 8
     backoff_min_ms: int = _bounded(250, 0, 3_600_000)  # at most an hour between retries

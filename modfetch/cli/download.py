@@ -29,7 +29,9 @@ log = logging.getLogger("modfetch.cli")
 @click.option("--out", help="File name to save as (single file only).")
 @click.option("--sha256", "sha256", help="Expected SHA-256; the download fails if the bytes differ.")
 @click.option("--force", is_flag=True, help="Replace an existing different file at the target.")
-@click.option("--concurrency", type=click.IntRange(1, 64), help="Connections per file (default: per_file_chunks).")
+@click.option("--concurrency", type=click.IntRange(1, 64),
+              help="Connections per file, fixed (default: start at per_file_chunks, add more while they raise "
+                   "the rate, up to max_connections_per_file).")
 @click.option("--chunk-size", help="Chunk size, e.g. 16M (default: chunk_size_mb).")
 @click.option("--pick", is_flag=True,
               help="On a terminal, choose from a menu when a URI matches several files or versions.")

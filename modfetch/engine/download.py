@@ -32,6 +32,7 @@ from ..util.filenames import filename_from_url, safe_join, sanitize_filename
 from ..util.http import strong_etag
 from ..util.redact import redact_url
 from . import ratelimit
+from .adaptive import AdaptiveSettings
 from .files import TargetLock, fsync_dir, os_error
 from .http import RangesIgnored, RemoteChanged, RetryableError
 from .present import Presence, repair_installed
@@ -65,13 +66,16 @@ class Downloader:
 
     def __init__(self, config: Config, *, progress: ProgressListener | None = None, concurrency: int | None = None,
                  chunk_size: int | None = None, on_checkpoint: Callable[[], None] | None = None,
-                 steal: bool = True) -> None:
+                 steal: bool = True, adaptive: AdaptiveSettings | None = None) -> None:
         self.config = config
         self.progress: ProgressListener = progress or NullProgress()
         self.workers = max(1, concurrency or config.concurrency.per_file_chunks)
         self.chunk_size = chunk_size or config.concurrency.chunk_size_mb << 20
         self.on_checkpoint = on_checkpoint
         self.steal = steal
+        # Connections per file grow from per_file_chunks while that pays (engine/adaptive.py); --concurrency pins.
+        self.adaptive: AdaptiveSettings | None = None if concurrency else (
+            adaptive or AdaptiveSettings(cap=config.concurrency.max_connections_per_file))
         self.timeout = (min(10.0, config.network.timeout_seconds), config.network.timeout_seconds)
         self.base_headers = {"Accept-Encoding": "identity", "User-Agent": config.network.user_agent}
         self.present = Presence(config)

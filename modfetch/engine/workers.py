@@ -20,6 +20,7 @@ from ..cancel import STOP, Interrupted, polling
 from ..errors import ModfetchError, NetworkError
 from ..state import CHUNK_COMPLETE, CHUNK_PENDING, CHUNK_RUNNING, StateDB
 from ..util.http import strong_etag
+from .adaptive import Connections, Shed, connections_for
 from .fetch import BLOCK, DiskWriteError, FetchContext, PartTruncated, fetch_chunk
 from .files import PartWritten, check_part, os_error, part_changed
 from .hashing import PrefixHasher, hash_range
@@ -56,6 +57,9 @@ def run_workers(run: Run, chunks: list[LiveChunk], hash_while_downloading: bool)
     hasher = PrefixHasher(fd, info.size, scheduler.available, cancel) if hash_while_downloading else None
     pending = [c for c in chunks if c.status != CHUNK_COMPLETE]
     workers = max(1, min(dl.workers, len(pending) if not dl.steal else dl.workers))
+    conns = connections_for(workers, info.size - scheduler.bytes_done(), dl.adaptive, scheduler,
+                            lambda n: db.update_download(row.id, connections=n), time.monotonic(),
+                            run.counters.retries)
     if hasher is not None:
         hasher.start()
     failure: BaseException | None = None
@@ -63,11 +67,12 @@ def run_workers(run: Run, chunks: list[LiveChunk], hash_while_downloading: bool)
     reported = scheduler.bytes_done()
     # signals now stop us through STOP, never by raising inside the pool's bookkeeping (see modfetch.cancel)
     with polling(), \
-            concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="modfetch-w") as pool:
-        futures = [pool.submit(_worker, run, ctx, scheduler, events) for _ in range(workers)]
+            concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, dl.adaptive.cap if dl.adaptive else 0),
+                                                  thread_name_prefix="modfetch-w") as pool:
+        futures = [pool.submit(_worker, run, ctx, conns, events) for _ in range(workers)]
         try:
             while True:
-                finished, _ = concurrent.futures.wait(futures, timeout=0.25)
+                finished, _ = concurrent.futures.wait(futures, timeout=conns.poll_seconds)
                 failure = _drain(db, row.id, scheduler, events, failure, cancel)
                 now = time.monotonic()
                 done_now = scheduler.bytes_done()
@@ -75,6 +80,8 @@ def run_workers(run: Run, chunks: list[LiveChunk], hash_while_downloading: bool)
                     dl.progress.advance(done_now - reported)
                     run.counters.fetched += max(0, done_now - reported)
                     reported = done_now
+                futures += [pool.submit(_worker, run, ctx, conns, events)
+                            for _ in range(conns.tick(now, done_now, run.counters.retries))]
                 if now - last_checkpoint >= CHECKPOINT_SECONDS:
                     _checkpoint(db, row.id, scheduler)
                     run.counters.flush(db, row.id, run.req.source, None)
@@ -125,18 +132,20 @@ def run_workers(run: Run, chunks: list[LiveChunk], hash_while_downloading: bool)
     return hash_range(fd, 0, info.size)
 
 
-def _worker(run: Run, ctx: FetchContext, scheduler: Scheduler, events: _Events) -> None:
+def _worker(run: Run, ctx: FetchContext, conns: Connections, events: _Events) -> None:
     session = make_session(run.dl.config, 2)
     buf = bytearray(BLOCK)
     try:
         while not ctx.cancel.is_set():
-            chunk = scheduler.next_chunk()
+            chunk = conns.next_chunk()
             if chunk is None:
                 return
             if chunk.hasher is None:
                 chunk.hasher = hashlib.sha256()
             try:
-                _fetch_with_retries(run, ctx, chunk, session, buf)
+                _fetch_with_retries(run, ctx, chunk, session, buf, conns)
+            except Shed:
+                return  # fewer connections now: another worker continues this chunk
             except BaseException as exc:
                 events.put(("failed", chunk, exc))
                 ctx.cancel.set()
@@ -152,7 +161,7 @@ def _worker(run: Run, ctx: FetchContext, scheduler: Scheduler, events: _Events) 
 
 
 def _fetch_with_retries(run: Run, ctx: FetchContext, chunk: LiveChunk, session: requests.Session,
-                        buf: bytearray) -> None:
+                        buf: bytearray, conns: Connections | None = None) -> None:
     cc = run.dl.config.concurrency
     counters: RunCounters = run.counters
     wait = backoff_wait(cc.backoff_min_ms / 1000, cc.backoff_max_ms / 1000)
@@ -182,6 +191,8 @@ def _fetch_with_retries(run: Run, ctx: FetchContext, chunk: LiveChunk, session: 
                         extra={"download_id": run.row.id, "chunk": chunk.idx, "attempt": attempt})
             if ctx.cancel.wait(delay):
                 return
+            if conns is not None and conns.shed(chunk):
+                raise Shed() from None
 
 
 def _drain(db: StateDB, download_id: int, scheduler: Scheduler, events: queue.Queue[Any],

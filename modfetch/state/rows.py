@@ -26,14 +26,14 @@ PART_SUFFIX = ".part"
 DOWNLOAD_COLUMNS = (
     "id", "url", "resolved_url", "dest_path", "size", "bytes_done", "etag", "last_modified", "expected_sha256",
     "sha256", "status", "error", "source", "artifact_type", "meta", "retries", "pid", "created_at", "updated_at",
-    "started_at", "finished_at", "error_class",
+    "started_at", "finished_at", "error_class", "connections",
 )
 # Numeric download columns and what a damaged value reads as (None where the column is nullable).
 NUMBER_DEFAULTS: dict[str, float | None] = {
     "size": None, "bytes_done": 0, "retries": 0, "pid": None,
-    "created_at": 0.0, "updated_at": 0.0, "started_at": None, "finished_at": None,
+    "created_at": 0.0, "updated_at": 0.0, "started_at": None, "finished_at": None, "connections": None,
 }
-_INT_COLUMNS = frozenset({"size", "bytes_done", "retries", "pid"})
+_INT_COLUMNS = frozenset({"size", "bytes_done", "retries", "pid", "connections"})
 TEXT_COLUMNS = tuple(name for name in DOWNLOAD_COLUMNS if name not in NUMBER_DEFAULTS and name not in ("id", "meta"))
 MAX_TIMESTAMP = 253402300799.0  # 9999-12-31 23:59:59 UTC
 
@@ -90,6 +90,7 @@ class DownloadRow:
     updated_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    connections: int | None = None  # parallel connections of the last chunked transfer (adaptive, or pinned)
 
     @property
     def part_path(self) -> Path:

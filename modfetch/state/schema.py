@@ -10,7 +10,7 @@ import re
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _V1 = """
     CREATE TABLE downloads (
@@ -108,6 +108,10 @@ def _v3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE counters_v3 RENAME TO counters")
 
 
+# 3 -> 4: the connection count a chunked transfer used (adaptive per file, issue 17).
+_V4 = "ALTER TABLE downloads ADD COLUMN connections INTEGER"
+
+
 def _script(text: str) -> Callable[[sqlite3.Connection], None]:
     def run(conn: sqlite3.Connection) -> None:
         # executescript would commit the caller's transaction; run the statements one by one instead.
@@ -118,7 +122,7 @@ def _script(text: str) -> Callable[[sqlite3.Connection], None]:
 
 
 # MIGRATIONS[v] takes a database from version v to v + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_script(_V1), _script(_V2), _v3]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_script(_V1), _script(_V2), _v3, _script(_V4)]
 
 
 def migrate(conn: sqlite3.Connection, current: int) -> None:

@@ -49,7 +49,7 @@ def test_schema_2_counters_migrate_to_columns_and_render_identically(tmp_path: P
         ("last_failure_timestamp_seconds", "", 1700000000.5),
     ])
     with open_state(path) as db:
-        assert int(db.conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION == 3
+        assert int(db.conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION == 4
         columns = [r[1] for r in db.conn.execute("PRAGMA table_info(counters)")]
         assert columns == ["name", "source", "reason", "value"]
         assert db.counters() == {

@@ -186,7 +186,7 @@ def test_schema_1_database_migrates_and_old_failure_counters_gain_a_reason(tmp_p
     conn.close()
     db = open_state(path)
     try:
-        assert int(db.conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION == 3
+        assert int(db.conn.execute("PRAGMA user_version").fetchone()[0]) == SCHEMA_VERSION == 4
         assert db.counters() == {("downloads_failed", "http", "other"): 3.0}
         row = db.create_download("u", "/x", status=FAILED, error_class="disk")
         assert row.error_class == "disk"

@@ -86,6 +86,8 @@ class Faults:
     hold: bool = False                     # data requests wait until release() (or stop())
     rate: float | None = None              # bytes per second per response (a trickle / throttle)
     rate_starts: frozenset[int] | None = None  # throttle only ranges starting at these offsets
+    max_active: int | None = None          # data requests in flight past this many get error_status (or 503)
+    total_rate: float | None = None        # bytes per second shared by all responses (a full link)
 
     def __post_init__(self) -> None:
         if self.advertise_ranges is None:
@@ -165,6 +167,9 @@ class FaultyServer:
         self._content_lock = threading.Lock()
         self._gets = 0
         self._fired: dict[str, int] = {}
+        self.active = 0                    # data requests being answered now
+        self.peak_active = 0               # the most that were ever answered at once (parallel connections)
+        self._link_free = 0.0              # total_rate: when the shared link can send the next piece
         self.httpd = _Httpd((host, port), _Handler)
         self.httpd.owner = self
         self.port = self.httpd.server_address[1]
@@ -286,6 +291,26 @@ class FaultyServer:
             self._fired[name] = used + 1
             return True
 
+    def _enter(self) -> bool:
+        """Count a data request in flight; True when it is one more than ``max_active`` allows."""
+        with self.lock:
+            self.active += 1
+            self.peak_active = max(self.peak_active, self.active)
+            return self.faults.max_active is not None and self.active > self.faults.max_active
+
+    def _leave(self) -> None:
+        with self.lock:
+            self.active -= 1
+
+    def _pace(self, nbytes: int, rate: float) -> None:
+        """Wait for the shared link (``total_rate``): pieces of all responses go out one after another."""
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self._link_free)
+            self._link_free = start + nbytes / rate
+        if start > now:
+            self._wait(start - now)
+
     def _wait(self, seconds: float, event: threading.Event | None = None) -> None:
         """Sleep up to ``seconds`` (capped), returning early when stopping; raises _Stop when stopping."""
         deadline = time.monotonic() + min(seconds, STALL_CAP)
@@ -326,10 +351,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         owner = self.server.owner
         record, version = owner._record(method, self.path, dict(self.headers.items()))
+        self._parse_range(record)
+        data = method == "GET" and not record.is_probe
+        over = data and owner._enter()
         try:
-            self._respond(owner, record, version, method)
+            if over:
+                record.faults.append("over max_active")
+                faults = owner.faults
+                extra = {"Retry-After": faults.retry_after} if faults.retry_after else {}
+                self._error(record, faults.error_status or 503, extra)
+            else:
+                self._respond(owner, record, version, method)
         except (_Stop, BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
             self.close_connection = True
+        finally:
+            if data:
+                owner._leave()
 
     def _respond(self, owner: FaultyServer, record: RequestRecord, version: int, method: str) -> None:
         faults = owner.faults
@@ -504,6 +541,8 @@ class _Handler(BaseHTTPRequestHandler):
             if stall_at is not None:
                 piece = min(piece, max(1, stall_at - sent))
             block = view[sent:sent + piece]
+            if faults.total_rate:
+                owner._pace(len(block), faults.total_rate)
             if chunked:
                 self.wfile.write(f"{len(block):x}\r\n".encode() + bytes(block) + b"\r\n")
             else:
