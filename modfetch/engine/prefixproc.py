@@ -99,7 +99,7 @@ def _hash(fd: int, size: int, writeback_step: int) -> str | None:
             offset = base + length
             if offset - advised >= writeback_step or offset == size:
                 # Start writeback of what is hashed and let it leave the cache (as PrefixHasher does).
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, AttributeError):  # (no posix_fadvise on macOS)
                     os.posix_fadvise(fd, advised, offset - advised, os.POSIX_FADV_DONTNEED)
                 advised = offset
     return digest.hexdigest() if offset == size else None
