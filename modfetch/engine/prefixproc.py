@@ -32,8 +32,9 @@ _ENV_KEPT = ("LD_LIBRARY_PATH",)  # what some Python builds need to start; nothi
 def spawn(fd: int, size: int, writeback_step: int) -> subprocess.Popen[bytes] | None:
     """Start the child hashing ``fd`` (``size`` bytes); None when it cannot start (no interpreter to run)."""
     script = os.path.abspath(__file__)
-    if not sys.executable or not os.path.isfile(script):
-        return None  # frozen or zipped installs: the caller hashes in a thread instead
+    interpreter = os.path.basename(sys.executable or "").lower()
+    if getattr(sys, "frozen", False) or "python" not in interpreter or not os.path.isfile(script):
+        return None  # frozen, zipped or embedded (sys.executable is not a Python): hash in a thread instead
     env = {key: os.environ[key] for key in _ENV_KEPT if key in os.environ}
     try:
         # A session of its own: Ctrl-C in the terminal goes to modfetch, which then ends the child itself.

@@ -200,3 +200,21 @@ def test_download_verified_by_the_child(mf: Modfetch, faulty_server: Callable[..
     assert child_always, "the whole-file hash did not come from the child"
     assert (mf.dest / "file.bin").read_bytes() == server.content()
     assert server.sha256() in result.stdout and mf.status()[0]["sha256"] == server.sha256()
+
+
+@pytest.mark.parametrize("where", ["frozen", "not-python"])
+def test_no_child_where_none_can_run_and_the_thread_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           where: str) -> None:
+    """A frozen app, or an embedding program as sys.executable, must not be started with our arguments."""
+    monkeypatch.setattr(hashing, "CHILD_MIN_SIZE", 1)
+    if where == "frozen":
+        monkeypatch.setattr(sys, "frozen", True, raising=False)
+    else:
+        monkeypatch.setattr(sys, "executable", "/usr/bin/uwsgi")
+    fd = _open(tmp_path, DATA)
+    try:
+        assert prefixproc.spawn(fd, len(DATA), 32 << 20) is None
+        hasher = _hash_with(fd, len(DATA), lambda offset: len(DATA) - offset)
+    finally:
+        os.close(fd)
+    assert hasher.child_pid is None and hasher.result() == DIGEST
