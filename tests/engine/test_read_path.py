@@ -22,8 +22,9 @@ import pytest
 
 from modfetch.engine import hashing, prefixproc
 from modfetch.engine.hashing import PrefixHasher
-from tests.conftest import MiB, Modfetch
-from tests.servers.faulty import FaultyServer
+from tests.conftest import MiB, Modfetch, sha256_of, wait_for
+from tests.servers.faulty import FaultyServer, make_content
+from tests.servers.gated import GatedServer
 
 # Crosses the child's 16 MiB mapping window, and ends off a page boundary.
 DATA = random.Random(17).randbytes(prefixproc.WINDOW + 3 * 4096 + 123)
@@ -62,11 +63,12 @@ def child_always(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper that never comes, as in some containers, has ended)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return True
+    return state not in ("Z", "X")
 
 
 def _open(tmp_path: Path, content: bytes) -> int:
@@ -218,3 +220,47 @@ def test_no_child_where_none_can_run_and_the_thread_hashes(tmp_path: Path, monke
     finally:
         os.close(fd)
     assert hasher.child_pid is None and hasher.result() == DIGEST
+
+
+def _hashing_children(pid: int) -> list[int]:
+    """Pids of ``pid``'s children running engine/prefixproc.py."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"prefixproc.py" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("end", ["kill-9", "finish"])
+def test_modfetch_process_never_leaves_its_hashing_child_behind(mf: Modfetch, end: str) -> None:
+    """The real CLI on a file large enough for the child: it runs beside the download, and is gone both after
+    a normal finish and after modfetch is killed with SIGKILL (its stdin closes; no orphan keeps hashing)."""
+    content = make_content(hashing.CHILD_MIN_SIZE + 5 * MiB + 7, seed=17)
+    with GatedServer(content, gate_at=8 * MiB) as server:
+        proc = mf.popen("--quiet", "download", "--url", server.url, "--dest", str(mf.dest))
+        try:
+            assert server.paused.wait(30), "the download never reached the pause"
+            children: list[int] = []
+            wait_for(lambda: bool(children.extend(_hashing_children(proc.pid)) or children),
+                     "the hashing child", proc)
+            if end == "kill-9":
+                proc.kill()
+                proc.wait(30)
+            else:
+                server.gate.set()
+                _, err = proc.communicate(timeout=120)
+                assert proc.returncode == 0, err
+                assert sha256_of(mf.dest / "file.bin") == server.sha256()
+                assert mf.rows()[0]["sha256"] == server.sha256()
+            wait_for(lambda: not any(_alive(pid) for pid in children), "the hashing child to exit")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
