@@ -52,17 +52,22 @@ def drive(proc: subprocess.Popen[bytes], size: int, available: Callable[[int], i
     when this returns."""
     assert proc.stdin is not None and proc.stdout is not None
     try:
+        # Never block on a full pipe (a child far behind, hashing a large resumed prefix): this thread must keep
+        # seeing ``stop``.  Offsets are cumulative, so one that does not fit is simply sent later.
+        os.set_blocking(proc.stdin.fileno(), False)
         sent = 0
         while sent < size:
             if stop.is_set():
                 return None
             ready = min(available(sent), size - sent)
-            if ready <= 0:
-                stop.wait(poll_seconds)
-                continue
-            sent += ready
-            proc.stdin.write(b"%d\n" % sent)
-            proc.stdin.flush()
+            if ready > 0:
+                try:
+                    os.write(proc.stdin.fileno(), b"%d\n" % (sent + ready))  # < PIPE_BUF: all or nothing
+                    sent += ready
+                    continue
+                except BlockingIOError:
+                    pass  # the child is behind: a later offset goes out later
+            stop.wait(poll_seconds)
         proc.stdin.close()
         while not select.select([proc.stdout], [], [], 0.1)[0]:
             if stop.is_set():

@@ -8,12 +8,15 @@ yields a digest, leaves no process behind, and the thread takes over; the child 
 
 from __future__ import annotations
 
+import array
+import fcntl
 import hashlib
 import os
 import random
 import signal
 import subprocess
 import sys
+import termios
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -158,6 +161,38 @@ def test_stop_ends_the_child_without_a_digest(tmp_path: Path, child_always: list
     finally:
         os.close(fd)
     assert child_always and hasher.result() is None  # (the fixture checks the child is gone)
+
+
+def test_a_child_far_behind_never_blocks_stop() -> None:
+    """A child that reads nothing (far behind, hashing a large resumed prefix) while the prefix keeps growing:
+    the pipe fills, and stop must still end the feeding thread and the child at once."""
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", "import time; time.sleep(60)"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdin is not None
+    capacity = fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, 4096)  # (at least one page)
+
+    def queued() -> int:
+        out = array.array("i", [0])
+        fcntl.ioctl(proc.stdin.fileno(), termios.FIONREAD, out)
+        return out[0]
+
+    stop = threading.Event()
+    result: list[str | None] = []
+    # The prefix always has one more byte: an offset to send on every turn.
+    feeder = threading.Thread(target=lambda: result.append(prefixproc.drive(proc, 1 << 40, lambda _: 1, stop)))
+    feeder.start()
+    try:
+        wait_for(lambda: queued() > capacity - 32, "the pipe to the child to fill")
+        stop.set()
+        feeder.join(5)
+        assert not feeder.is_alive(), "the feeding thread blocked on a full pipe"
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+        feeder.join(30)
+        proc.wait()
+    assert result == [None] and proc.returncode == -signal.SIGKILL
 
 
 def test_child_ends_when_its_input_ends_early(tmp_path: Path) -> None:
