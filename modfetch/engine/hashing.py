@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 
+from . import prefixproc
+
+log = logging.getLogger("modfetch.engine")
+
 READ_BLOCK = 4 << 20
 WRITEBACK_STEP = 32 << 20
+# From this size on, the prefix is hashed by a child process through mmap (engine/prefixproc.py): no read-back
+# copy.  Below it the child's start (about 10 ms of CPU) costs more than the copy it saves.
+CHILD_MIN_SIZE = 64 << 20
 
 
 def advise_done(fd: int, offset: int, length: int) -> None:
@@ -62,6 +70,9 @@ def git_blob_sha1(path: str | os.PathLike[str]) -> str:
 class PrefixHasher(threading.Thread):
     """Hashes the file front to back as the contiguous prefix becomes available, overlapping the download.
 
+    A file of CHILD_MIN_SIZE or more is hashed by a child process reading it through ``mmap`` (no read-back copy,
+    see engine/prefixproc.py); smaller files, or when the child cannot run, by this thread as follows.
+
     ``available(offset)`` returns how many bytes from ``offset`` are known to be on disk (0 when the byte at
     ``offset`` has not arrived yet).  The data is read back with ``preadv`` right after workers wrote it, so
     it comes from the page cache; hashlib releases the GIL on large buffers, so this runs beside the workers.
@@ -80,8 +91,24 @@ class PrefixHasher(threading.Thread):
         self.offset = 0
         self.digest = hashlib.sha256()
         self.error: BaseException | None = None
+        self.hex: str | None = None  # set when a child process hashed the whole file
+        self.child_pid: int | None = None
 
     def run(self) -> None:
+        proc = prefixproc.spawn(self.fd, self.size, WRITEBACK_STEP) if self.size >= CHILD_MIN_SIZE else None
+        if proc is not None:
+            self.child_pid = proc.pid
+            try:
+                self.hex = prefixproc.drive(proc, self.size, self.available, self.stop_event)
+                return
+            except OSError as exc:  # the child died or could not run: hash here instead, from the start
+                log.debug("hashing process failed (%s); hashing in a thread", exc)
+            except BaseException as exc:  # surfaced by the coordinator, which falls back to a full pass
+                self.error = exc
+                return
+        self._run_here()
+
+    def _run_here(self) -> None:
         buf = bytearray(READ_BLOCK)
         view = memoryview(buf)
         advised = 0
@@ -106,6 +133,8 @@ class PrefixHasher(threading.Thread):
 
     def result(self) -> str | None:
         """The hex digest if the whole file was hashed, else None."""
+        if self.error is None and self.hex is not None:
+            return self.hex
         if self.error is None and self.offset == self.size:
             return self.digest.hexdigest()
         return None
