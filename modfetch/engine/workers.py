@@ -160,7 +160,7 @@ def _fetch_with_retries(run: Run, ctx: FetchContext, chunk: LiveChunk, session: 
     while True:
         before = chunk.done
         try:
-            fetch_chunk(ctx, chunk, session, buf)
+            (run.sources.fetch if run.sources is not None else fetch_chunk)(ctx, chunk, session, buf)
             return
         except RetryableError as exc:
             if STOP.is_set():
