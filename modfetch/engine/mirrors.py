@@ -169,17 +169,18 @@ def check_mirror_url(url: str, what: str = "--mirror") -> str:
     shown = redact_url(text)[:200]
     if not text:
         raise UsageError(f"{what}: empty URL", hint="give the http(s) URL of a mirror serving the same file")
+    plain = "give a plain http(s)://host[:port]/path URL of a mirror serving the same file"
     try:
         scheme = urlsplit(text).scheme.lower()
     except ValueError:
-        scheme = ""
+        raise UsageError(f"{what} {shown!r}: the URL cannot be parsed", hint=plain) from None
     if scheme not in ("http", "https"):
         raise UsageError(f"{what} {shown!r}: a mirror must be an http:// or https:// URL",
                          hint="hf:// and civitai:// name files; a mirror is a plain URL of the same bytes")
     try:
         connection_origin(text)
     except AmbiguousURLError as exc:
-        raise UsageError(f"{what} {shown!r}: {exc.message.split(': ', 1)[-1]}", hint=exc.hint) from None
+        raise UsageError(f"{what} {shown!r}: {exc.message.split(': ', 1)[-1]}", hint=plain) from None
     return text
 
 

@@ -1,0 +1,122 @@
+"""``modfetch download --mirror URL`` and the batch key ``mirrors:``: both spread a download over real local
+servers; bad mirror URLs are one clear line and exit 2 (never a traceback), checked before any request."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import MiB, Modfetch, assert_clean_error, sha256_of
+from tests.servers.faulty import FaultyServer
+
+Serve = Callable[..., FaultyServer]
+SIZE = 4 * MiB
+
+BAD_MIRRORS = [
+    ("ftp://mirror.example/file.bin", "http:// or https://"),
+    ("hf://acme/model/file.bin", "http:// or https://"),
+    ("mirror.example/file.bin", "http:// or https://"),
+    ("http://", "host"),
+    ("http://evil:1\\@127.0.0.1/file.bin", "host"),
+    ("http://127.0.0.1:99999/file.bin", "port"),
+    ("http://[::1/file.bin", "cannot be parsed"),
+    ("   ", "empty"),
+]
+
+
+def _served_chunks(server: FaultyServer) -> int:
+    return len([r for r in server.data_requests() if r.status == 206])
+
+
+def test_help_offers_mirror(mf: Modfetch) -> None:
+    # scripts/bench detects support this way (modfetch_has_mirror)
+    done = mf.run("download", "--help")
+    assert done.returncode == 0 and "--mirror URL" in done.stdout
+
+
+def test_mirror_option_spreads_the_download(mf: Modfetch, faulty_server: Serve) -> None:
+    primary, mirror = faulty_server(size=SIZE), faulty_server(size=SIZE)
+    out = mf.download_json(primary.url, "--mirror", mirror.url, "--concurrency", "4")
+    assert out["sha256"] == primary.sha256()
+    assert _served_chunks(primary) and _served_chunks(mirror)
+    assert {u["url"] for u in out["mirrors"]["used"]} == {primary.url, mirror.url}
+
+
+def test_mirror_option_in_a_real_process_names_an_excluded_mirror(mf: Modfetch, faulty_server: Serve) -> None:
+    primary, liar = faulty_server(size=SIZE), faulty_server(size=SIZE, seed=9)
+    done = mf.run("download", "--dest", str(mf.dest), "--mirror", liar.url, "--sha256", primary.sha256(),
+                  primary.url)
+    assert done.returncode == 0, done.stderr
+    assert sha256_of(mf.dest / "file.bin") == primary.sha256()
+    assert f"mirror excluded {liar.url}: it serves different bytes" in done.stdout
+    assert "Traceback" not in done.stderr and liar.url in done.stderr  # the warning names it too
+
+
+def _batch(tmp_path: Path, jobs: list[object]) -> Path:
+    path = tmp_path / "jobs.yml"
+    path.write_text(yaml.safe_dump({"jobs": jobs}), encoding="utf-8")
+    return path
+
+
+def test_batch_mirrors_key_spreads_the_download(mf: Modfetch, tmp_path: Path, faulty_server: Serve) -> None:
+    primary, mirror = faulty_server(size=SIZE), faulty_server(size=SIZE)
+    path = _batch(tmp_path, [{"uri": primary.url, "dest": str(mf.dest), "mirrors": [mirror.url]}])
+    result = mf.cli("download", "--quiet", "--json", "--concurrency", "4", "--batch", str(path))
+    assert result.exit_code == 0, result.output
+    assert sha256_of(mf.dest / "file.bin") == primary.sha256()
+    assert _served_chunks(primary) and _served_chunks(mirror)
+    meta = json.loads(mf.rows()[0]["meta"])
+    assert {u["url"] for u in meta["mirrors"]["used"]} == {primary.url, mirror.url}
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("http://127.0.0.1:1/file.bin", "must be a list"),
+    ([1, 2], "must be a list"),
+    ({"url": "http://127.0.0.1:1/x"}, "must be a list"),
+    *[([bad], needle) for bad, needle in BAD_MIRRORS],
+])
+def test_bad_batch_mirrors_are_one_line_and_fetch_nothing(mf: Modfetch, tmp_path: Path, faulty_server: Serve,
+                                                          value: object, needle: str) -> None:
+    primary = faulty_server(size=SIZE)
+    path = _batch(tmp_path, [{"uri": primary.url, "mirrors": value}])
+    result = mf.cli("download", "--quiet", "--batch", str(path))
+    assert result.exit_code == 2, result.output
+    assert_clean_error(result.stderr, "jobs[0].mirrors", needle)
+    assert primary.mark() == 0
+
+
+def test_unknown_job_keys_are_still_rejected(mf: Modfetch, tmp_path: Path, faulty_server: Serve) -> None:
+    primary = faulty_server(size=SIZE)
+    path = _batch(tmp_path, [{"uri": primary.url, "mirror": [primary.url]}])  # a typo of mirrors
+    result = mf.cli("download", "--quiet", "--batch", str(path))
+    assert result.exit_code == 2
+    assert_clean_error(result.stderr, "jobs[0].mirror", "unknown key", "mirrors")
+    assert primary.mark() == 0
+
+
+@pytest.mark.parametrize(("bad", "needle"), BAD_MIRRORS)
+def test_bad_mirror_urls_are_one_line_exit_2(mf: Modfetch, faulty_server: Serve, bad: str, needle: str) -> None:
+    primary = faulty_server(size=SIZE)
+    result = mf.download(primary.url, "--mirror", bad)
+    assert result.exit_code == 2, result.output
+    assert_clean_error(result.stderr, "--mirror", needle)
+    assert primary.mark() == 0  # checked before any request
+
+
+@pytest.mark.parametrize("extra", [("--url", "http://127.0.0.1:1/b.bin"), ("--batch", "JOBS")])
+def test_mirror_needs_exactly_one_url(mf: Modfetch, tmp_path: Path, faulty_server: Serve,
+                                      extra: tuple[str, str]) -> None:
+    primary = faulty_server(size=SIZE)
+    jobs = _batch(tmp_path, [{"uri": primary.url}])
+    args = [a.replace("JOBS", str(jobs)) for a in extra]
+    if args[0] == "--batch":
+        result = mf.cli("download", "--quiet", "--mirror", primary.url, *args)
+    else:
+        result = mf.download(primary.url, "--mirror", primary.url, *args)
+    assert result.exit_code == 2, result.output
+    assert_clean_error(result.stderr, "--mirror")
+    assert primary.mark() == 0
