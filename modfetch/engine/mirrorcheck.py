@@ -17,16 +17,16 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import logging
+from collections.abc import Callable, Mapping
 
 import requests
 
 from ..errors import ModfetchError, NetworkError
-from ..util.http import parse_content_range, strong_etag
+from ..util.http import parse_content_range, parse_unsatisfied_range, strong_etag
 from ..util.redact import redact, redact_url
 from .hashing import hash_range
 from .http import RetryableError, check_status, host_of, request
 from .mirrors import Excluded, Source, SourceSet
-from .probe import ProbeResult, probe
 from .ratelimit import throttle
 from .run import Run
 from .scheduler import LiveChunk
@@ -45,23 +45,36 @@ def check_range(size: int) -> tuple[int, int]:
     return start - start % 4096, start - start % 4096 + length
 
 
-def _source(info: ProbeResult, label: str, primary: bool = False) -> Source:
-    etag = strong_etag(info.etag)
-    date = info.last_modified if etag is None and info.date_if_range else None
-    return Source(url=info.url, label=label, etag=info.etag, last_modified=info.last_modified,
-                  if_range=etag or date, primary=primary)
+class _Skip(Exception):
+    """A mirror that cannot serve this download; the message says why."""
 
 
-def remote_digest(run: Run, session: requests.Session, source: Source, start: int, end: int) -> str:
-    """SHA-256 hex of bytes ``[start, end)`` as ``source`` serves them (a validated 206; nothing is written)."""
+def _source(url: str, label: str, etag: str | None, last_modified: str | None, primary: bool = False) -> Source:
+    strong = strong_etag(etag)
+    return Source(url=url, label=label, etag=etag, last_modified=last_modified, if_range=strong or last_modified,
+                  primary=primary)
+
+
+Vet = Callable[[int | None, Mapping[str, str]], None]
+
+
+def read_range(run: Run, session: requests.Session, url: str, start: int, end: int, if_range: str | None = None,
+               vet: Vet | None = None) -> tuple[str, str, Mapping[str, str]]:
+    """(final URL, SHA-256 hex, headers) of bytes ``[start, end)`` as ``url`` serves them: a validated 206, read
+    and hashed, nothing written.  ``vet(total, headers)`` may refuse the answer (raising) before its body is
+    read; it also sees a 416 (total from ``bytes */TOTAL``) and a 200 (total None)."""
     headers = dict(run.dl.base_headers, Range=f"bytes={start}-{end - 1}")
-    if source.if_range:
-        headers["If-Range"] = source.if_range
-    response, final = request(session, "GET", source.url, base_headers=headers, auth=run.req.headers,
+    if if_range:
+        headers["If-Range"] = if_range
+    response, final = request(session, "GET", url, base_headers=headers, auth=run.req.headers,
                               auth_host=run.req.auth_host, timeout=run.dl.timeout)
     with response:
+        if vet is not None and response.status_code in (200, 416):
+            vet(parse_unsatisfied_range(response.headers.get("Content-Range")), response.headers)
         check_status(response, final)
         got = parse_content_range(response.headers.get("Content-Range"))
+        if vet is not None and got is not None:
+            vet(got.total, response.headers)  # first: a shorter file answers with a shorter range
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         if (response.status_code != 206 or got is None or (got.start, got.end) != (start, end - 1)
                 or encoding not in ("identity", "")):
@@ -79,45 +92,46 @@ def remote_digest(run: Run, session: requests.Session, source: Source, start: in
             raise RetryableError(f"reading from {host_of(final)} failed: {type(exc).__name__}") from None
         if read < end - start:
             raise RetryableError(f"{host_of(final)} sent {read} of {end - start} bytes")
-    return digest.hexdigest()
+        return final, digest.hexdigest(), response.headers
 
 
-def _mismatch(run: Run, mirror: ProbeResult) -> str | None:
-    """Why a probed mirror cannot serve this download's bytes, or None."""
+def remote_digest(run: Run, session: requests.Session, source: Source, start: int, end: int) -> str:
+    """SHA-256 hex of bytes ``[start, end)`` as ``source`` serves them (with its own If-Range)."""
+    return read_range(run, session, source.url, start, end, source.if_range)[1]
+
+
+def _vet(run: Run) -> Vet:
+    """The checks a mirror's answer must pass before its bytes count: ranges, the primary's size, and the
+    primary's validators unless an expected SHA-256 will check the result."""
     info = run.info
-    if not mirror.ranges:
-        return "it does not support range requests"
-    if mirror.size != info.size:
-        return f"its size ({mirror.size} bytes) differs from the primary's ({info.size} bytes)"
-    ours, theirs = strong_etag(info.etag), strong_etag(mirror.etag)
-    if ours and theirs:
-        same = ours == theirs
-    elif not info.etag and not mirror.etag:
-        same = bool(info.last_modified) and info.last_modified == mirror.last_modified
-    else:
-        same = False
-    if same or run.expected:
-        return None
-    return ("its ETag/Last-Modified differ from the primary's and there is no expected SHA-256 (--sha256) "
-            "to check the result")
+
+    def vet(total: int | None, headers: Mapping[str, str]) -> None:
+        if total is None:
+            raise _Skip("it does not support range requests")
+        if total != info.size:
+            raise _Skip(f"its size ({total} bytes) differs from the primary's ({info.size} bytes)")
+        etag, modified = headers.get("ETag"), headers.get("Last-Modified")
+        ours, theirs = strong_etag(info.etag), strong_etag(etag)
+        if ours and theirs:
+            same = ours == theirs
+        else:
+            same = not info.etag and not etag and bool(modified) and modified == info.last_modified
+        if not same and not run.expected:
+            raise _Skip("its ETag/Last-Modified differ from the primary's and there is no expected SHA-256 "
+                        "(--sha256) to check the result")
+
+    return vet
 
 
-def _probe_mirror(run: Run, url: str, reference: str | None) -> Source | str:
-    """The mirror's Source, or the reason to skip it."""
+def _probe_mirror(run: Run, url: str, start: int, end: int) -> tuple[Source, str] | str:
+    """One ranged GET of the check range (probe and cross-check at once): the mirror's Source and the range's
+    digest, or why to skip it."""
     session = make_session(run.dl.config, 1)
-    label = redact_url(url)
     try:
-        info = probe(session, url, base_headers=run.dl.base_headers, auth=run.req.headers,
-                     auth_host=run.req.auth_host, timeout=run.dl.timeout)
-        reason = _mismatch(run, info)
-        if reason is not None:
-            return reason
-        source = _source(info, label)
-        if reference is not None:
-            start, end = check_range(run.info.size or 0)
-            if remote_digest(run, session, source, start, end) != reference:
-                return f"it serves different bytes than the primary (bytes {start}-{end - 1} differ)"
-        return source
+        final, digest, headers = read_range(run, session, url, start, end, vet=_vet(run))
+        return _source(final, redact_url(url), headers.get("ETag"), headers.get("Last-Modified")), digest
+    except _Skip as skip:
+        return str(skip)
     except (RetryableError, ModfetchError) as exc:
         return f"it cannot be used ({redact(getattr(exc, 'message', None) or str(exc))})"
     finally:
@@ -126,31 +140,38 @@ def _probe_mirror(run: Run, url: str, reference: str | None) -> Source | str:
 
 def open_sources(run: Run) -> SourceSet | None:
     """The sources of this transfer (None without mirrors): the primary plus every mirror that passed the checks;
-    each skipped mirror is named in one warning and recorded as excluded."""
+    each skipped mirror is named in one warning and recorded as excluded.  One round trip: the primary's check
+    range and every mirror's are read in parallel."""
     if not run.req.mirrors:
         return None
-    size = run.info.size or 0
-    primary = _source(run.info, run.req.row_url, primary=True)
+    info = run.info
+    primary = _source(info.url, run.req.row_url, info.etag, info.last_modified, primary=True)
+    if strong_etag(info.etag) is None and not info.date_if_range:
+        primary.if_range = None  # (workers.date_if_range): this server's dates are too weak for If-Range
     sources = SourceSet([primary])
-    reference: str | None = None
-    try:
-        reference = remote_digest(run, run.session, primary, *check_range(size))
-    except (RetryableError, ModfetchError) as exc:
-        # Without the primary's bytes there is nothing to compare with: the validators and the final hash decide.
-        log.warning("could not read the primary's check range (%s); mirrors are not cross-checked", exc)
-    urls = [u for u in run.req.mirrors if redact_url(u) != primary.label and u != run.info.url]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, max(1, len(urls))),
+    start, end = check_range(info.size or 0)
+    urls = [u for u in run.req.mirrors if redact_url(u) != primary.label and u != info.url]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(urls) + 1),
                                                thread_name_prefix="modfetch-m") as pool:
-        found = list(pool.map(lambda u: _probe_mirror(run, u, reference), urls))
+        ours = pool.submit(remote_digest, run, run.session, primary, start, end)
+        found = list(pool.map(lambda u: _probe_mirror(run, u, start, end), urls))
+        try:
+            reference: str | None = ours.result()
+        except (RetryableError, ModfetchError) as exc:
+            # Nothing to compare with: the validators and the final hash decide.
+            log.warning("could not read the primary's check range (%s); mirrors are not cross-checked", exc)
+            reference = None
     for url, outcome in zip(urls, found, strict=True):
-        if isinstance(outcome, Source):
-            sources.sources.append(outcome)
+        if isinstance(outcome, tuple) and reference is not None and outcome[1] != reference:
+            outcome = f"it serves different bytes than the primary (bytes {start}-{end - 1} differ)"
+        if isinstance(outcome, tuple):
+            sources.sources.append(outcome[0])
         else:
             log.warning("mirror %s skipped: %s", redact_url(url), outcome, extra={"download_id": run.row.id})
             sources.excluded.append(Excluded(redact_url(url), outcome))
-    used = len(sources.sources)
-    if used > 1:
-        log.info("downloading %s from %d sources", run.name, used, extra={"download_id": run.row.id})
+    if len(sources.sources) > 1:
+        log.info("downloading %s from %d sources", run.name, len(sources.sources),
+                 extra={"download_id": run.row.id})
     return sources
 
 

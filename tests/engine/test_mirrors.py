@@ -18,6 +18,7 @@ from modfetch.engine.request import DownloadRequest, DownloadResult
 from modfetch.errors import ModfetchError
 from tests.conftest import MiB, Modfetch, sha256_of, wait_for
 from tests.servers.faulty import FaultyServer
+from tests.servers.scripted import Redirector
 
 Serve = Callable[..., FaultyServer]
 SIZE = 8 * MiB
@@ -41,6 +42,12 @@ def _meta(mf: Modfetch) -> Any:
 def _excluded(result: DownloadResult) -> dict[str, str]:
     assert result.sources is not None
     return {e["url"]: e["reason"] for e in result.sources["excluded"]}
+
+
+def _only_the_check_range(server: FaultyServer) -> bool:
+    """The server got exactly one request: the probe that is also the cross-check (no chunk was fetched)."""
+    start, end = check_range(SIZE)
+    return [(r.method, r.range_start, r.range_end) for r in server.requests] == [("GET", start, end - 1)]
 
 
 def _held_then(mirror: FaultyServer, run: Callable[[], DownloadResult], **faults: Any) -> DownloadResult:
@@ -122,8 +129,7 @@ def test_a_lying_mirror_is_caught_by_the_cross_check(mf: Modfetch, faulty_server
     result = _download(mf, primary, liar, sha256=primary.sha256())
     assert sha256_of(result.path) == primary.sha256()
     assert "different bytes" in _excluded(result)[liar.url]
-    start, end = check_range(SIZE)
-    assert [(r.range_start, r.range_end) for r in liar.data_requests()] == [(start, end - 1)]
+    assert _only_the_check_range(liar)
 
 
 def test_a_mirror_lying_after_the_cross_check_is_found_by_chunk_hashes(mf: Modfetch, faulty_server: Serve) -> None:
@@ -143,16 +149,43 @@ def test_a_lying_mirror_without_an_expected_hash_fails_cleanly_naming_it(mf: Mod
     primary, liar = faulty_server(size=SIZE), faulty_server(size=SIZE, seed=7)
     result = _download(mf, primary, liar)
     assert "no expected SHA-256" in _excluded(result)[liar.url]
-    assert liar.data_requests() == []
+    assert _only_the_check_range(liar)
     assert sha256_of(result.path) == primary.sha256()
 
 
-def test_a_mirror_of_another_size_is_skipped(mf: Modfetch, faulty_server: Serve) -> None:
-    primary, other = faulty_server(size=SIZE), faulty_server(size=SIZE // 2)
-    result = _download(mf, primary, other, sha256=primary.sha256())
-    assert "size" in _excluded(result)[other.url]
-    assert other.data_requests() == []  # only its HEAD and bytes=0-0 probe
+@pytest.mark.parametrize(("faults", "reason"), [
+    ({"size": SIZE // 2}, "size (4194304 bytes) differs"),  # its probe is past its end: 416
+    ({"size": SIZE + 1}, f"size ({SIZE + 1} bytes) differs"),
+    ({"ranges": False}, "does not support range requests"),
+    ({"error_status": 404, "error_times": None}, "HTTP 404"),
+    ({"error_status": 503, "error_times": None}, "HTTP 503"),
+], ids=["smaller", "larger", "no-ranges", "404", "503"])
+def test_a_mirror_that_cannot_serve_the_file_is_skipped(mf: Modfetch, faulty_server: Serve, faults: dict[str, Any],
+                                                        reason: str, caplog: pytest.LogCaptureFixture) -> None:
+    primary, other = faulty_server(size=SIZE), faulty_server(**{"size": SIZE, **faults})
+    with caplog.at_level(logging.WARNING, "modfetch"):
+        result = _download(mf, primary, other, sha256=primary.sha256())
+    assert reason in _excluded(result)[other.url]
+    assert _only_the_check_range(other)  # one request, no chunk
     assert sha256_of(result.path) == primary.sha256()
+    assert len([r for r in caplog.records if other.url in r.getMessage()]) == 1
+
+
+def test_a_redirecting_mirror_is_followed_without_the_token(mf: Modfetch, faulty_server: Serve) -> None:
+    primary, target = faulty_server(size=SIZE), faulty_server(size=SIZE)
+    redirector = Redirector()
+    try:
+        redirector.location = target.url
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        result = _download(mf, primary, redirector.server.url + "/file.bin", headers=auth,
+                           auth_host=f"127.0.0.1:{primary.port}")
+        assert redirector.saw_auth() == [False]  # the probe; chunks then go to where it led
+    finally:
+        redirector.stop()
+    assert sha256_of(result.path) == primary.sha256()
+    assert [r for r in target.data_requests() if r.status == 206][1:], "the redirect target served chunks"
+    assert not any(r.header("Authorization") for r in target.requests)
+    assert all(r.header("Authorization") for r in primary.requests)
 
 
 @pytest.mark.parametrize("spelling", ["other-server", "same-server-by-another-name"])
