@@ -135,8 +135,13 @@ def transfer(run: Run) -> DownloadResult:
 
 
 def _name_excluded(run: Run, exc: ModfetchError) -> None:
-    """A failed download with mirrors says which were excluded and why (the warnings may be long gone)."""
-    if run.sources is not None and run.sources.excluded and "excluded sources" not in exc.message:
+    """A failed download with mirrors records its sources in the row's meta, and its error says which were
+    excluded and why (the warnings may be long gone)."""
+    if run.sources is None:
+        return
+    with contextlib.suppress(Exception):  # the failure itself is what must be reported
+        run.db.update_download(run.row.id, meta=dict(run.req.meta, mirrors=run.sources.summary()))
+    if run.sources.excluded and "excluded sources" not in exc.message:
         exc.message += "; excluded sources: " + ", ".join(f"{e.label} ({e.reason})" for e in run.sources.excluded)
 
 

@@ -44,6 +44,7 @@ def test_mirror_option_spreads_the_download(mf: Modfetch, faulty_server: Serve) 
     assert out["sha256"] == primary.sha256()
     assert _served_chunks(primary) and _served_chunks(mirror)
     assert {u["url"] for u in out["mirrors"]["used"]} == {primary.url, mirror.url}
+    assert mf.status()[0]["meta"]["mirrors"] == out["mirrors"]  # status --json shows the row's record
 
 
 def test_mirror_option_in_a_real_process_names_an_excluded_mirror(mf: Modfetch, faulty_server: Serve) -> None:
