@@ -12,6 +12,7 @@ import yaml
 
 from tests.conftest import MiB, Modfetch, assert_clean_error, sha256_of
 from tests.servers.faulty import FaultyServer
+from tests.servers.lookalike.hub import GOOD_TOKEN, HubLookalike
 
 Serve = Callable[..., FaultyServer]
 SIZE = 4 * MiB
@@ -55,6 +56,23 @@ def test_mirror_option_in_a_real_process_names_an_excluded_mirror(mf: Modfetch, 
     assert sha256_of(mf.dest / "file.bin") == primary.sha256()
     assert f"mirror excluded {liar.url}: it serves different bytes" in done.stdout
     assert "Traceback" not in done.stderr and liar.url in done.stderr  # the warning names it too
+
+
+def test_hf_token_reaches_the_hub_but_never_a_mirror(mf: Modfetch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """hf:// primary (the Hub gets the token, its CDN does not) + a mirror on another Hub look-alike whose
+    resolve URL redirects to its own CDN: neither the mirror's host nor its CDN ever sees the token."""
+    path = "acme/tiny-model/resolve/main/weights/model.safetensors"
+    with HubLookalike() as hub, HubLookalike() as other:
+        mf.write_config(sources={"huggingface": {"endpoint": hub.url}})
+        monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
+        out = mf.download_json("hf://acme/tiny-model/weights/model.safetensors", "--mirror", f"{other.url}/{path}",
+                               "--concurrency", "4")
+        ours = [r for r in hub.hub.requests() if "/resolve/" in r.target]
+        theirs = [*other.hub.requests(), *other.cdn.requests()]
+    assert out["mirrors"]["excluded"] == [] and len(out["mirrors"]["used"]) == 2
+    assert ours and all(r.headers.get("authorization") == f"Bearer {GOOD_TOKEN}" for r in ours)
+    assert [r for r in other.cdn.requests() if "range" in r.headers], "the mirror's CDN served chunks"
+    assert not any("authorization" in r.headers or GOOD_TOKEN in r.target for r in theirs)
 
 
 def _batch(tmp_path: Path, jobs: list[object]) -> Path:
