@@ -75,6 +75,21 @@ def test_hf_token_reaches_the_hub_but_never_a_mirror(mf: Modfetch, monkeypatch: 
     assert not any("authorization" in r.headers or GOOD_TOKEN in r.target for r in theirs)
 
 
+def test_a_signed_mirror_url_is_never_shown_or_stored(mf: Modfetch, faulty_server: Serve) -> None:
+    primary, mirror, gone = faulty_server(size=SIZE), faulty_server(size=SIZE), faulty_server(size=SIZE)
+    gone.stop()  # skipped with a warning that names it
+    secret = "Sig0123456789abcdefSECRET"
+    signed, dead = (f"{s.url}?X-Amz-Signature={secret}&X-Amz-Expires=60" for s in (mirror, gone))
+    done = mf.run("--log-level", "debug", "download", "--json", "--dest", str(mf.dest), "--mirror", signed,
+                  "--mirror", dead, primary.url)
+    assert done.returncode == 0, done.stderr
+    assert [r for r in mirror.data_requests() if r.status == 206][1:], "the signed mirror served chunks"
+    assert secret not in done.stdout + done.stderr
+    assert "X-Amz-Expires=60" in done.stdout  # the URL is still recognisable, its signature masked
+    written = [f for f in mf.home.rglob("*") if f.is_file()]  # state DB (and its WAL), metrics, logs
+    assert mf.state_db in written and not [f for f in written if secret.encode() in f.read_bytes()]
+
+
 def _batch(tmp_path: Path, jobs: list[object]) -> Path:
     path = tmp_path / "jobs.yml"
     path.write_text(yaml.safe_dump({"jobs": jobs}), encoding="utf-8")
