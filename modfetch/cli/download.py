@@ -94,6 +94,7 @@ def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ..
               input_file: str | None, dry_run: bool, mirrors: tuple[str, ...] = ()) -> None:
     # Placement, batch and picker code is imported only when asked for: a plain download starts faster.
     targets = [*url_options, *urls]
+    listed_mirrors: dict[int, tuple[str, ...]] = {}  # target index -> the mirrors its -i line named
     if input_file is not None:
         if batch_file:
             raise UsageError("--input-file cannot be combined with --batch",
@@ -102,7 +103,11 @@ def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ..
         if not listed and not targets:
             raise UsageError(f"--input-file {input_file} lists no URIs",
                              hint="one URI per line; lines starting with # are comments")
-        targets.extend(listed)
+        for item in listed:
+            if item.mirrors:
+                where = f"--input-file {input_file}:{item.line}: mirror"
+                listed_mirrors[len(targets)] = check_mirrors(item.mirrors, where)
+            targets.append(item.uri)
     if batch_file and dry_run:
         raise UsageError("--dry-run cannot be combined with --batch",
                          hint="list the batch's URIs in a file and use --dry-run -i FILE")
@@ -156,16 +161,19 @@ def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ..
 
         placer = Placer(state, artifact_type)
     failed = 0
-    for target in targets:
+    for index, target in enumerate(targets):
+        # --mirror (one target only) and the mirrors an -i line lists after its URI
+        these = dataclasses.replace(options, mirrors=tuple(dict.fromkeys(
+            (*options.mirrors, *listed_mirrors.get(index, ())))))
         try:
             if pick:
                 from .picker import with_picker
 
                 results = with_picker(
-                    lambda uri: download_uri(config, uri, options, factory, on_checkpoint=metrics_hook),
+                    lambda uri: download_uri(config, uri, these, factory, on_checkpoint=metrics_hook),  # noqa: B023
                     target, pick=True)
             else:
-                results = download_uri(config, target, options, factory, on_checkpoint=metrics_hook)
+                results = download_uri(config, target, these, factory, on_checkpoint=metrics_hook)
         except ModfetchError as error:
             if len(targets) == 1 or isinstance(error, UsageError):
                 raise  # bad input (exit 2) stops the run: the command line needs fixing first

@@ -90,6 +90,32 @@ def test_a_signed_mirror_url_is_never_shown_or_stored(mf: Modfetch, faulty_serve
     assert mf.state_db in written and not [f for f in written if secret.encode() in f.read_bytes()]
 
 
+def test_input_file_lines_name_their_mirrors_after_a_tab(mf: Modfetch, tmp_path: Path, faulty_server: Serve) -> None:
+    """aria2c's input-file format: URLs of one file on one line, TAB-separated; each line its own file."""
+    one, one_mirror = faulty_server(size=SIZE), faulty_server(size=SIZE)
+    two, two_mirror = faulty_server(size=SIZE, seed=2), faulty_server(size=SIZE, seed=2)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{one.url_for('/one.bin')}\t{one_mirror.url}\n"
+                       f"{two.url_for('/two.bin')}\t \t{two_mirror.url}\n", encoding="utf-8")
+    done = mf.run("download", "--json", "--concurrency", "4", "--dest", str(mf.dest), "-i", str(listing))
+    assert done.returncode == 0, done.stderr
+    assert sha256_of(mf.dest / "one.bin") == one.sha256() and sha256_of(mf.dest / "two.bin") == two.sha256()
+    for server in (one, one_mirror, two, two_mirror):
+        assert _served_chunks(server) >= 2  # the probe range plus chunks: each line's mirror served its own file
+    files = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [len(f["mirrors"]["used"]) for f in files] == [2, 2]
+
+
+def test_a_bad_mirror_in_an_input_file_names_its_line(mf: Modfetch, tmp_path: Path, faulty_server: Serve) -> None:
+    primary = faulty_server(size=SIZE)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# list\n{primary.url}\n{primary.url_for('/b.bin')}\tftp://mirror/b.bin\n", encoding="utf-8")
+    done = mf.run("download", "-i", str(listing))
+    assert done.returncode == 2
+    assert_clean_error(done.stderr, f"{listing}:3: mirror", "ftp://mirror/b.bin")
+    assert primary.mark() == 0
+
+
 def _batch(tmp_path: Path, jobs: list[object]) -> Path:
     path = tmp_path / "jobs.yml"
     path.write_text(yaml.safe_dump({"jobs": jobs}), encoding="utf-8")
