@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,14 +29,19 @@ import requests
 from ..cancel import STOP
 from ..errors import DiskError, ModfetchError, UsageError
 from ..util.redact import redact, redact_url
+from ..util.sizes import human_size
 from .fetch import FetchContext, fetch_chunk
 from .http import RemoteChanged, RetryableError
 from .origin import AmbiguousURLError, connection_origin
 from .scheduler import LiveChunk
+from .session import shutdown_response
 
 log = logging.getLogger("modfetch.engine")
 STRIKES = 2           # failures in a row without progress before a source is dropped
 MAX_MIRRORS = 16      # more sources than connections only add probes
+SLOW_FACTOR = 8       # a source this many times slower per connection than the best one is dropped ...
+SLOW_SECONDS = 1.0    # ... once it has been measured for this long (the best: over at least BEST_BYTES)
+BEST_BYTES = 1 << 20
 
 
 @dataclass(eq=False)
@@ -50,6 +57,8 @@ class Source:
     active: int = 0                 # connections fetching from it now
     strikes: int = 0                # failures in a row without progress
     dropped: str | None = None      # why it is no longer used (None: healthy)
+    # (bytes, seconds) of its last finished pieces: its speed per connection
+    history: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=8))
 
 
 @dataclass
@@ -68,6 +77,8 @@ class SourceSet:
     excluded: list[Excluded] = field(default_factory=list)
     segments: list[tuple[Source, int, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # worker thread -> (source, chunk, start offset, start time) of the piece it is fetching
+    flights: dict[int, tuple[Source, LiveChunk, int, float]] = field(default_factory=dict)
 
     @property
     def primary(self) -> Source:
@@ -88,8 +99,8 @@ class SourceSet:
     def fetch(self, ctx: FetchContext, chunk: LiveChunk, session: requests.Session, buf: bytearray) -> None:
         """``fetch_chunk`` over the healthy sources: a failing source hands the chunk to another one."""
         while chunk.position < chunk.end and not ctx.cancel.is_set():
-            source = self._take()
             start = chunk.position
+            source = self._take(chunk, start)
             try:
                 fetch_chunk(ctx if source.primary else self._context(ctx, source), chunk, session, buf)
             except DiskError:
@@ -108,18 +119,21 @@ class SourceSet:
         return dataclasses.replace(ctx, url=source.url, etag=source.etag, if_range=source.if_range,
                                    last_modified=source.last_modified)
 
-    def _take(self) -> Source:
+    def _take(self, chunk: LiveChunk, start: int) -> Source:
         with self.lock:
             healthy = [s for s in self.sources if s.dropped is None]
             source = min(healthy, key=lambda s: s.active)  # ties: the earlier source (the primary first)
             source.active += 1
+            self.flights[threading.get_ident()] = (source, chunk, start, time.monotonic())
             return source
 
     def _give_back(self, source: Source, start: int, end: int) -> None:
         with self.lock:
+            _, _, _, began = self.flights.pop(threading.get_ident())
             source.active -= 1
             if end > start:
                 self.segments.append((source, start, end))
+                source.history.append((end - start, time.monotonic() - began))
 
     def _fail(self, source: Source, exc: BaseException, progressed: bool) -> bool:
         """Count a failure of ``source``; False when it is the last healthy one (the caller re-raises)."""
@@ -134,6 +148,35 @@ class SourceSet:
             return True
 
     # -- the coordinator side ------------------------------------------------------------------------
+    def police(self, ctx: FetchContext) -> None:
+        """Called by the coordinator about every 0.25 s: a source far slower per connection than the best one
+        (``SLOW_FACTOR``) is dropped and its connections are cut, so its pieces move to the faster sources.
+        Without this, one slow mirror would hold the last chunks long after the others finished."""
+        now = time.monotonic()
+        with self.lock:
+            speed: dict[int, list[float]] = {id(s): [float(sum(b for b, _ in s.history)),
+                                                     sum(t for _, t in s.history), 0.0] for s in self.sources}
+            for source, chunk, start, began in self.flights.values():
+                entry = speed[id(source)]
+                entry[0] += max(0, chunk.position - start)
+                entry[1] += now - began
+                entry[2] = max(entry[2], now - began)  # its longest piece in flight
+            healthy = [s for s in self.sources if s.dropped is None]
+            rates = {id(s): speed[id(s)][0] / speed[id(s)][1] for s in healthy if speed[id(s)][1] > 0}
+            best = max((rates[id(s)] for s in healthy if id(s) in rates and speed[id(s)][0] >= BEST_BYTES),
+                       default=0.0)
+            slow = [s for s in healthy if s.active and speed[id(s)][2] >= SLOW_SECONDS
+                    and rates.get(id(s), 0.0) * SLOW_FACTOR < best]
+            for source in slow:
+                if any(s is not source and s.dropped is None for s in self.sources):
+                    self._drop_locked(source, f"it is too slow ({human_size(int(rates.get(id(source), 0)))}/s per "
+                                              f"connection; the fastest source: {human_size(int(best))}/s)")
+            cut = [tid for tid, flight in self.flights.items() if flight[0].dropped is not None]
+        for tid in cut:  # the worker's read fails; SourceSet.fetch moves its chunk to a healthy source
+            response = ctx.active.get(tid)
+            if response is not None:
+                shutdown_response(response[0])
+
     def drop(self, source: Source, reason: str) -> None:
         """Stop using ``source`` (a liar found by the checks); says so once."""
         with self.lock:

@@ -113,6 +113,20 @@ def test_a_failing_primary_is_dropped_while_a_mirror_works(mf: Modfetch, faulty_
     assert primary.url in _excluded(result)
 
 
+def test_a_far_slower_mirror_is_dropped_and_its_pieces_move(mf: Modfetch, faulty_server: Serve) -> None:
+    # 512 KiB/s per connection: without the speed check its chunks would hold the download for about 2 s after
+    # the primary finished everything else
+    primary, slow = faulty_server(size=SIZE), faulty_server(size=SIZE, rate=512 << 10)
+    result = _download(mf, primary, slow)
+    assert sha256_of(result.path) == primary.sha256()
+    assert "too slow" in _excluded(result)[slow.url]
+    pieces = [r for r in slow.data_requests() if r.status == 206][1:]
+    assert pieces and slow.body_bytes() < SIZE // 4, "it served some pieces, then they moved"
+    # every piece continued where the slow mirror stopped: the primary sent only what the mirror did not
+    kept = {u["url"]: u["bytes"] for u in _meta(mf)["used"]}
+    assert kept.get(slow.url, 0) > 0 and primary.body_bytes() == CHECK_BYTES + SIZE - kept[slow.url]
+
+
 def test_an_unreachable_mirror_is_skipped_with_one_warning(mf: Modfetch, faulty_server: Serve,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     primary, gone = faulty_server(size=SIZE), faulty_server(size=SIZE)
