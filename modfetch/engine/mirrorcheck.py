@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 
 import requests
 
+from ..cancel import wait_or_stop
 from ..errors import ModfetchError, NetworkError
 from ..util.http import parse_content_range, parse_unsatisfied_range, strong_etag
 from ..util.redact import redact, redact_url
@@ -154,7 +155,9 @@ def open_sources(run: Run) -> SourceSet | None:
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(urls) + 1),
                                                thread_name_prefix="modfetch-m") as pool:
         ours = pool.submit(remote_digest, run, run.session, primary, start, end)
-        found = list(pool.map(lambda u: _probe_mirror(run, u, start, end), urls))
+        probes = [pool.submit(_probe_mirror, run, u, start, end) for u in urls]
+        wait_or_stop([ours, *probes])  # Ctrl-C: request_stop() cuts every probe's connection, then Interrupted
+        found = [p.result() for p in probes]
         try:
             reference: str | None = ours.result()
         except (RetryableError, ModfetchError) as exc:

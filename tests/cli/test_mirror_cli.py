@@ -4,13 +4,15 @@ servers; bad mirror URLs are one clear line and exit 2 (never a traceback), chec
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import MiB, Modfetch, assert_clean_error, sha256_of
+from tests.conftest import MiB, Modfetch, assert_clean_error, sha256_of, wait_for
 from tests.servers.faulty import FaultyServer
 from tests.servers.lookalike.hub import GOOD_TOKEN, HubLookalike
 
@@ -114,6 +116,24 @@ def test_a_bad_mirror_in_an_input_file_names_its_line(mf: Modfetch, tmp_path: Pa
     assert done.returncode == 2
     assert_clean_error(done.stderr, f"{listing}:3: mirror", "ftp://mirror/b.bin")
     assert primary.mark() == 0
+
+
+def test_ctrl_c_while_a_mirror_is_probed_stops_at_once(mf: Modfetch, faulty_server: Serve) -> None:
+    primary, mirror = faulty_server(size=SIZE), faulty_server(size=SIZE, hold=True)  # the mirror never answers
+    proc = mf.popen("download", "--quiet", "--dest", str(mf.dest), "--mirror", mirror.url, primary.url)
+    try:
+        wait_for(lambda: bool(mirror.data_requests()), "the mirror's probe", proc)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - began < 3, "a held probe must not delay the stop (read timeout: 5 s)"
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert mf.rows()[0]["status"] == "interrupted"
 
 
 def _batch(tmp_path: Path, jobs: list[object]) -> Path:
