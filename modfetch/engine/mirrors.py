@@ -28,11 +28,13 @@ import requests
 
 from ..cancel import STOP
 from ..errors import DiskError, ModfetchError, UsageError
+from ..util.filenames import filename_from_url
 from ..util.redact import redact, redact_url
 from ..util.sizes import human_size
 from .fetch import FetchContext, fetch_chunk
 from .http import RemoteChanged, RetryableError
 from .origin import AmbiguousURLError, connection_origin
+from .request import DownloadRequest
 from .scheduler import LiveChunk
 from .session import shutdown_response
 
@@ -233,3 +235,16 @@ def check_mirrors(urls: list[str] | tuple[str, ...], what: str = "--mirror") -> 
     if len(checked) > MAX_MIRRORS:
         raise UsageError(f"{what}: {len(checked)} mirrors given, at most {MAX_MIRRORS} are supported")
     return tuple(checked)
+
+
+def next_primary(req: DownloadRequest, exc: ModfetchError) -> DownloadRequest | None:
+    """The request again with its first mirror as the primary, when the primary failed before any transfer with
+    mirrors began (``exc`` carries no ``sources_tried``); None otherwise.  The row keeps the user's URL and the
+    primary's file name; the token stays bound to its own host; the failed primary is not tried again."""
+    if not req.mirrors or getattr(exc, "sources_tried", False):
+        return None
+    mirror = req.mirrors[0]
+    log.warning("%s cannot be used (%s); mirror %s takes its place", req.row_url, redact(exc.message),
+                redact_url(mirror))
+    return dataclasses.replace(req, url=mirror, mirrors=req.mirrors[1:], display_url=req.row_url,
+                               filename=req.filename or filename_from_url(req.url) or None)

@@ -139,6 +139,7 @@ def _name_excluded(run: Run, exc: ModfetchError) -> None:
     excluded and why (the warnings may be long gone)."""
     if run.sources is None:
         return
+    exc.sources_tried = True  # type: ignore[attr-defined]  # (mirrors.next_primary: no second go)
     with contextlib.suppress(Exception):  # the failure itself is what must be reported
         run.db.update_download(run.row.id, meta=dict(run.req.meta, mirrors=run.sources.summary()))
     if run.sources.excluded and "excluded sources" not in exc.message:

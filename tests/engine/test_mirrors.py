@@ -127,6 +127,27 @@ def test_a_far_slower_mirror_is_dropped_and_its_pieces_move(mf: Modfetch, faulty
     assert kept.get(slow.url, 0) > 0 and primary.body_bytes() == CHECK_BYTES + SIZE - kept[slow.url]
 
 
+@pytest.mark.parametrize("down", ["refused", "404", "503"])
+def test_a_primary_that_cannot_be_reached_hands_over_to_a_mirror(mf: Modfetch, faulty_server: Serve,
+                                                                  down: str) -> None:
+    faults = {"404": {"error_status": 404, "error_times": None, "include_probe": True},
+              "503": {"error_status": 503, "error_times": None, "include_probe": True}}.get(down, {})
+    primary = faulty_server(size=SIZE, path="/model.bin", head_status=404 if down == "404" else None, **faults)
+    first, second = faulty_server(size=SIZE, path="/x"), faulty_server(size=SIZE, path="/y")
+    if down == "refused":
+        primary.stop()
+    result = _download(mf, primary, first.url_for("/dl?id=1"), second.url_for("/dl?id=1"))
+    assert result.path.name == "model.bin"  # the primary's name, not the mirror's
+    assert sha256_of(result.path) == first.sha256()
+    assert _served_chunks(first) and _served_chunks(second)  # the remaining mirror still serves chunks
+    rows = mf.rows()
+    assert [(r["url"], r["status"]) for r in rows] == [(primary.url, "complete")]  # the failure is superseded
+
+
+def _served_chunks(server: FaultyServer) -> int:
+    return len([r for r in server.data_requests() if r.status == 206][1:])
+
+
 def test_an_unreachable_mirror_is_skipped_with_one_warning(mf: Modfetch, faulty_server: Serve,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     primary, gone = faulty_server(size=SIZE), faulty_server(size=SIZE)
