@@ -1,10 +1,11 @@
 """Which mirrors may serve a download, and finding the one that sent wrong bytes.
 
-Before a transfer (``open_sources``) every mirror is probed like the primary.  A mirror is used only when it
-does ranges, its size equals the primary's, and either its strong ETag (or, with no ETag on either side, its
-Last-Modified) equals the primary's or an expected SHA-256 will check the result; and when a small range from
-the middle of the file hashes the same as the primary's (a mirror holding another version of the same size is
-caught before it writes a byte).  Anything else skips the mirror with one warning naming it.
+Before a transfer (``open_sources``) every mirror is probed with one ranged GET of a small range from the middle
+of the file, the primary's same range read in parallel.  A mirror is used only when it does ranges, its size
+equals the primary's, and either its strong ETag (or, with no ETag on either side, its
+Last-Modified) equals the primary's or an expected SHA-256 will check the result; and when that range hashes the
+same as the primary's (a mirror holding another version of the same size is caught before it writes a byte).
+Anything else skips the mirror with one warning naming it.
 
 After a transfer whose whole-file hash differs from the expected one (``recheck``), every byte range a mirror
 wrote is hashed again from the primary and compared with the bytes on disk: a mirror whose range differs is
@@ -151,7 +152,7 @@ def open_sources(run: Run) -> SourceSet | None:
         primary.if_range = None  # (workers.date_if_range): this server's dates are too weak for If-Range
     sources = SourceSet([primary])
     start, end = check_range(info.size or 0)
-    urls = [u for u in run.req.mirrors if redact_url(u) != primary.label and u != info.url]
+    urls = [u for u in run.req.mirrors if u not in (run.req.url, info.url)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(urls) + 1),
                                                thread_name_prefix="modfetch-m") as pool:
         ours = pool.submit(remote_digest, run, run.session, primary, start, end)

@@ -5,9 +5,11 @@ The primary (the URL the user gave, or the file a resolver found) and every acce
 bytes.  A worker asks ``SourceSet.fetch`` instead of ``fetch_chunk``: it takes the healthy source with the fewest
 open connections, fetches from it, and on a failure moves the chunk at once to another source (no backoff: it
 is another server).  A source is dropped after a final failure (404, 403, a changed file, a refused
-connection) or after ``STRIKES`` failures in a row without progress, with one warning naming it.  The last
-healthy source is never dropped: its failures go to the worker's normal retry loop, so a download with mirrors
-fails only when a single-source download would.  Every byte range a source wrote is remembered
+connection), after ``STRIKES`` failures in a row without progress, or when it is ``SLOW_FACTOR`` times slower
+per connection than the fastest source (``police``, run by the coordinator), with one warning naming it.  The
+last healthy source is never dropped: its failures go to the worker's normal retry loop, so a download with
+mirrors fails only when a single-source download would; a primary that cannot be reached before the transfer
+hands over to the first mirror (``next_primary``).  Every byte range a source wrote is remembered
 (``segments``) so a final hash mismatch can be traced to the source that sent the wrong bytes
 (``engine.mirrorcheck``).  Which URL may carry a credential is decided per request by ``engine.http.request``
 (the token's host only), never here.
