@@ -263,3 +263,25 @@ def test_resume_with_mirrors_fetches_only_the_missing_chunks(mf: Modfetch, fault
              if (r.range_start, r.range_end) != check]
     assert {r.header("Host") for r in again} == {f"127.0.0.1:{primary.port}", f"127.0.0.1:{mirror.port}"}
     assert sum(r.bytes_sent for r in again) == SIZE - kept  # nothing saved was fetched again
+
+
+def test_a_liars_bytes_from_an_earlier_run_are_found_on_resume(mf: Modfetch, faulty_server: Serve) -> None:
+    # run 1 fails half way (404 past 4 MiB on both sources) after the liar wrote some chunks below 4 MiB
+    broken = {"error_status": 404, "error_times": None, "error_min_start": 4 * MiB}
+    lies = {"corrupt_times": None, "corrupt_starts": frozenset(range(0, SIZE, MiB))}
+    primary, liar = faulty_server(size=SIZE, **broken), faulty_server(size=SIZE, **broken, **lies)
+    with pytest.raises(ModfetchError):
+        _download(mf, primary, liar, sha256=primary.sha256())
+    assert [r for r in liar.data_requests() if r.faults == ["corrupt"]], "the liar wrote chunks in run 1"
+    for server in (primary, liar):
+        server.configure(error_status=None)
+    # run 2 resumes: the earlier run's bytes (source unknown) and the liar's new ones are checked against the primary
+    marks = primary.mark(), liar.mark()
+    result = _download(mf, primary, liar, sha256=primary.sha256())
+    assert result.resumed and sha256_of(result.path) == primary.sha256()
+    if [r for r in liar.data_requests(marks[1]) if r.faults == ["corrupt"]]:  # it lied again: caught and named
+        assert "differ from the primary" in _excluded(result)[liar.url]
+    # the chunks it poisoned in run 1 were fetched again in run 2
+    poisoned = {r.range_start for r in liar.data_requests() if r.index < marks[1] and r.faults == ["corrupt"]}
+    again = {r.range_start for s, m in zip((primary, liar), marks, strict=True) for r in s.data_requests(m)}
+    assert poisoned <= again
