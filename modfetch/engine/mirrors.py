@@ -224,8 +224,11 @@ def check_mirror_url(url: str, what: str = "--mirror") -> str:
     if scheme not in ("http", "https"):
         raise UsageError(f"{what} {shown!r}: a mirror must be an http:// or https:// URL",
                          hint="hf:// and civitai:// name files; a mirror is a plain URL of the same bytes")
+    if any(ch.isspace() for ch in text):
+        raise UsageError(f"{what} {shown!r}: the URL contains whitespace", hint=plain)
     try:
-        connection_origin(text)
+        if connection_origin(text).port == 0:
+            raise UsageError(f"{what} {shown!r}: port 0 cannot be connected to", hint=plain)
     except AmbiguousURLError as exc:
         raise UsageError(f"{what} {shown!r}: {exc.message.split(': ', 1)[-1]}", hint=plain) from None
     return text

@@ -28,6 +28,8 @@ BAD_MIRRORS = [
     ("http://127.0.0.1:99999/file.bin", "port"),
     ("http://[::1/file.bin", "cannot be parsed"),
     ("   ", "empty"),
+    ("http://127.0.0.1/my file.bin", "whitespace"),
+    ("http://127.0.0.1:0/file.bin", "port 0"),
 ]
 
 
