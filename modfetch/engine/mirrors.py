@@ -218,7 +218,8 @@ def check_mirror_url(url: str, what: str = "--mirror") -> str:
         raise UsageError(f"{what}: empty URL", hint="give the http(s) URL of a mirror serving the same file")
     plain = "give a plain http(s)://host[:port]/path URL of a mirror serving the same file"
     try:
-        scheme = urlsplit(text).scheme.lower()
+        parts = urlsplit(text)
+        scheme, port = parts.scheme.lower(), parts.port
     except ValueError:
         raise UsageError(f"{what} {shown!r}: the URL cannot be parsed", hint=plain) from None
     if scheme not in ("http", "https"):
@@ -226,9 +227,10 @@ def check_mirror_url(url: str, what: str = "--mirror") -> str:
                          hint="hf:// and civitai:// name files; a mirror is a plain URL of the same bytes")
     if any(ch.isspace() for ch in text):
         raise UsageError(f"{what} {shown!r}: the URL contains whitespace", hint=plain)
+    if port == 0:
+        raise UsageError(f"{what} {shown!r}: port 0 cannot be connected to", hint=plain)
     try:
-        if connection_origin(text).port == 0:
-            raise UsageError(f"{what} {shown!r}: port 0 cannot be connected to", hint=plain)
+        connection_origin(text)
     except AmbiguousURLError as exc:
         raise UsageError(f"{what} {shown!r}: {exc.message.split(': ', 1)[-1]}", hint=plain) from None
     return text
