@@ -219,12 +219,15 @@ def check_mirror_url(url: str, what: str = "--mirror") -> str:
     plain = "give a plain http(s)://host[:port]/path URL of a mirror serving the same file"
     try:
         parts = urlsplit(text)
-        scheme, port = parts.scheme.lower(), parts.port
     except ValueError:
         raise UsageError(f"{what} {shown!r}: the URL cannot be parsed", hint=plain) from None
-    if scheme not in ("http", "https"):
+    if parts.scheme.lower() not in ("http", "https"):
         raise UsageError(f"{what} {shown!r}: a mirror must be an http:// or https:// URL",
                          hint="hf:// and civitai:// name files; a mirror is a plain URL of the same bytes")
+    try:
+        port = parts.port
+    except ValueError:
+        raise UsageError(f"{what} {shown!r}: its port is not a number from 1 to 65535", hint=plain) from None
     if any(ch.isspace() for ch in text):
         raise UsageError(f"{what} {shown!r}: the URL contains whitespace", hint=plain)
     if port == 0:
