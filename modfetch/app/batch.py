@@ -24,6 +24,7 @@ from ..artifacts import TYPES
 from ..cancel import check_stop, wait_or_stop
 from ..config import Config
 from ..engine.download import DownloadResult
+from ..engine.mirrors import check_mirrors
 from ..errors import ModfetchError, UsageError
 from ..metrics import checkpoint_writer
 from ..paths import expand_path
@@ -36,7 +37,7 @@ from .download import DownloadOptions, download_uri
 from .place import PlaceOptions, PlaceReport, configured_apps, place_download
 
 log = logging.getLogger("modfetch.batch")
-JOB_KEYS = ("uri", "dest", "name", "sha256", "type", "place", "metadata")
+JOB_KEYS = ("uri", "dest", "name", "sha256", "type", "place", "metadata", "mirrors")
 _SCHEMES = ("http://", "https://", "hf://", "civitai://")
 MAX_BATCH_BYTES = 16 << 20  # ~100,000 jobs; more is a mistake like --batch /dev/zero, which must not eat memory
 _VARIABLE = re.compile(r"\$(\w+|\{[^}]*\})", re.ASCII)  # what os.path.expandvars expands
@@ -58,6 +59,7 @@ class BatchJob:
     artifact_type: str | None = None
     place: bool | None = None
     metadata: bool | None = None  # CivitAI sidecars; None: the run's --metadata, else general.metadata
+    mirrors: tuple[str, ...] = ()  # other http(s) URLs serving the same file (like --mirror)
 
 
 @dataclass
@@ -91,7 +93,8 @@ def _fail(source: str, where: str, message: str) -> BatchError:
     where = where if where.isprintable() else repr(where)  # a key holding a newline must not split the line
     where = where if len(where) <= 100 else f"{where[:100]}..."  # a 1 MB key is not a useful message
     return BatchError(f"{source}: {where}: {message}",
-                      hint="each job is a mapping with uri (required), dest, name, sha256, type, place, metadata; "
+                      hint="each job is a mapping with uri (required), dest, name, sha256, type, place, metadata, "
+                      "mirrors; "
                       "see docs/PLACEMENT.md")
 
 
@@ -191,7 +194,20 @@ def _parse_job(source: str, index: int, raw: Any, base: Path | None = None) -> B
     if metadata is not None and not isinstance(metadata, bool):
         raise _fail(source, f"{where}.metadata", f"must be true or false, got {describe_value(metadata)}")
     dest_path = _dest_path(source, f"{where}.dest", dest, base) if dest else None
-    return BatchJob(index, uri, dest_path, name, sha256, artifact_type, place, metadata)
+    mirrors = _mirrors(source, f"{where}.mirrors", raw.get("mirrors"))
+    return BatchJob(index, uri, dest_path, name, sha256, artifact_type, place, metadata, mirrors)
+
+
+def _mirrors(source: str, where: str, value: Any) -> tuple[str, ...]:
+    """A job's ``mirrors:``: a list of http(s) URLs (each checked like ``--mirror``)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(source, where, f"must be a list of http(s) URLs, got {describe_value(value)}")
+    try:
+        return check_mirrors(value, "mirror")
+    except UsageError as exc:
+        raise _fail(source, where, exc.message) from None
 
 
 def load_batch(path: Path | None) -> list[BatchJob]:
@@ -225,7 +241,7 @@ def run_batch(config: Config, jobs: list[BatchJob], progress: Callable[[], Progr
         outcome = JobOutcome(job)
         options = DownloadOptions(dest=job.dest, out=job.name, sha256=job.sha256, force=force,
                                   concurrency=concurrency, chunk_size=chunk_size,
-                                  artifact_type=job.artifact_type)
+                                  artifact_type=job.artifact_type, mirrors=job.mirrors)
         try:
             outcome.results = download_uri(config, job.uri, options, progress, on_checkpoint=metrics_hook)
             if do_place:

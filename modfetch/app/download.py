@@ -37,6 +37,7 @@ class DownloadOptions:
     concurrency: int | None = None
     chunk_size: int | None = None
     artifact_type: str | None = None
+    mirrors: tuple[str, ...] = ()  # checked http(s) URLs serving the same file (engine.mirrors.check_mirrors)
 
 
 def resolve_uri(config: Config, uri: str, dry_run: bool = False) -> list[ResolvedFile]:
@@ -71,6 +72,9 @@ def build_request(config: Config, item: ResolvedFile, options: DownloadOptions, 
     (see ``app.layout``); with ``db``, a file an earlier run put in the old flat layout is found where it is."""
     if options.out and not single:
         raise UsageError("--out names one file, but this URI resolves to several")
+    if options.mirrors and not single:
+        raise UsageError("--mirror serves one file, but this URI resolves to several",
+                         hint="name the one file the mirrors serve (e.g. hf://owner/repo/file.safetensors)")
     expected = options.sha256 or item.sha256
     if options.sha256 and item.sha256 and options.sha256.lower() != item.sha256.lower():
         raise UsageError(f"--sha256 {options.sha256} disagrees with the source's published {item.sha256}")
@@ -102,6 +106,7 @@ def build_request(config: Config, item: ResolvedFile, options: DownloadOptions, 
         source=item.source,
         artifact_type=options.artifact_type or hints.get("artifact_type"),
         meta=hints,
+        mirrors=options.mirrors,
     )
 
 

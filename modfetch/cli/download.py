@@ -9,6 +9,7 @@ import click
 
 from ..app.download import DownloadOptions, download_uri, validate_sha256
 from ..artifacts import TYPES
+from ..engine.mirrors import check_mirrors
 from ..errors import ModfetchError, UsageError
 from ..metrics import checkpoint_writer
 from ..paths import expand_path
@@ -48,6 +49,9 @@ log = logging.getLogger("modfetch.cli")
 @click.option("--limit-rate", "limit_rate", metavar="RATE",
               help="Download at most RATE bytes/s in total (e.g. 10M, 500K; 0: unlimited), shared by every "
                    "connection and file (default: network.max_bytes_per_second).")
+@click.option("--mirror", "mirrors", multiple=True, metavar="URL",
+              help="Another http(s) URL serving the same file (repeatable): chunks are spread over every source "
+                   "whose size and validators match; a failing or lying mirror is dropped.")
 @click.option("--dry-run", is_flag=True,
               help="Resolve and show each file (URL, name, size, path, SHA-256, placements, present?); "
                    "fetch no file bytes, write nothing.")
@@ -56,7 +60,8 @@ log = logging.getLogger("modfetch.cli")
 def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
             out: str | None, sha256: str | None, force: bool, concurrency: int | None, chunk_size: str | None,
             pick: bool, place: bool, metadata: bool | None, artifact_type: str | None,
-            batch_file: str | None, input_file: str | None, dry_run: bool, limit_rate: str | None) -> None:
+            batch_file: str | None, input_file: str | None, dry_run: bool, limit_rate: str | None,
+            mirrors: tuple[str, ...]) -> None:
     """Download files, verify their SHA-256 and print each final path and hash.
 
     Reruns resume from where the last run stopped; a file already present and verified is not fetched
@@ -67,7 +72,7 @@ def command(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...]
         _apply_limit_rate(state, limit_rate)
     try:
         _download(state, urls, url_options, dest, out, sha256, force, concurrency, chunk_size, pick, place,
-                  metadata, artifact_type, batch_file, input_file, dry_run)
+                  metadata, artifact_type, batch_file, input_file, dry_run, mirrors)
     finally:
         if not dry_run:  # a dry run writes nothing, not even the textfile
             write_metrics(state)  # every run, also one that failed before any download started
@@ -88,9 +93,10 @@ def _apply_limit_rate(state: CliState, text: str) -> None:
 def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ...], dest: str | None,
               out: str | None, sha256: str | None, force: bool, concurrency: int | None, chunk_size: str | None,
               pick: bool, place: bool, metadata: bool | None, artifact_type: str | None, batch_file: str | None,
-              input_file: str | None, dry_run: bool) -> None:
+              input_file: str | None, dry_run: bool, mirrors: tuple[str, ...] = ()) -> None:
     # Placement, batch and picker code is imported only when asked for: a plain download starts faster.
     targets = [*url_options, *urls]
+    listed_mirrors: dict[int, tuple[str, ...]] = {}  # target index -> the mirrors its -i line named
     if input_file is not None:
         if batch_file:
             raise UsageError("--input-file cannot be combined with --batch",
@@ -99,7 +105,11 @@ def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ..
         if not listed and not targets:
             raise UsageError(f"--input-file {input_file} lists no URIs",
                              hint="one URI per line; lines starting with # are comments")
-        targets.extend(listed)
+        for item in listed:
+            if item.mirrors:
+                where = f"--input-file {input_file}:{item.line}: mirror"
+                listed_mirrors[len(targets)] = check_mirrors(item.mirrors, where)
+            targets.append(item.uri)
     if batch_file and dry_run:
         raise UsageError("--dry-run cannot be combined with --batch",
                          hint="list the batch's URIs in a file and use --dry-run -i FILE")
@@ -111,7 +121,7 @@ def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ..
                              hint="add them as jobs to the batch file")
         # Per-file options would otherwise be dropped without a word: each job carries its own.
         ignored = [flag for flag, value in (("--dest", dest), ("--out", out), ("--sha256", sha256),
-                                            ("--pick", pick)) if value]
+                                            ("--pick", pick), ("--mirror", mirrors)) if value]
         if ignored:
             raise UsageError(f"{', '.join(ignored)} cannot be combined with --batch",
                              hint="set a job's dest, name or sha256 in the batch file (see docs/PLACEMENT.md)")
@@ -129,7 +139,11 @@ def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ..
         concurrency=concurrency,
         chunk_size=parse_size(chunk_size) if chunk_size is not None else None,
         artifact_type=artifact_type,
+        mirrors=check_mirrors(mirrors),
     )
+    if mirrors and len(targets) > 1:
+        raise UsageError("--mirror serves one file, but several URLs were given",
+                         hint="download one file per command, or give each batch job its own mirrors: list")
     if out is not None:
         check_plain_filename(out, "--out")
     if out and len(targets) > 1:
@@ -149,16 +163,19 @@ def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ..
 
         placer = Placer(state, artifact_type)
     failed = 0
-    for target in targets:
+    for index, target in enumerate(targets):
+        # --mirror (one target only) and the mirrors an -i line lists after its URI
+        these = dataclasses.replace(options, mirrors=tuple(dict.fromkeys(
+            (*options.mirrors, *listed_mirrors.get(index, ())))))
         try:
             if pick:
                 from .picker import with_picker
 
                 results = with_picker(
-                    lambda uri: download_uri(config, uri, options, factory, on_checkpoint=metrics_hook),
+                    lambda uri: download_uri(config, uri, these, factory, on_checkpoint=metrics_hook),  # noqa: B023
                     target, pick=True)
             else:
-                results = download_uri(config, target, options, factory, on_checkpoint=metrics_hook)
+                results = download_uri(config, target, these, factory, on_checkpoint=metrics_hook)
         except ModfetchError as error:
             if len(targets) == 1 or isinstance(error, UsageError):
                 raise  # bad input (exit 2) stops the run: the command line needs fixing first
@@ -181,11 +198,16 @@ def _download(state: CliState, urls: tuple[str, ...], url_options: tuple[str, ..
                                        "sha256": result.sha256, "size": result.size,
                                        "fetched_bytes": result.fetched_bytes,
                                        "already_present": result.already_present,
+                                       **({"mirrors": result.sources} if result.sources else {}),
                                        **({"sidecars": [{"path": str(c.path), "action": c.action}
                                                         for c in sidecars]} if sidecars else {}),
                                        **({"placement": report_json(report)} if report else {})}))
             else:
                 click.echo(f"{result.path}\n  sha256 {result.sha256}")
+                for excluded in (result.sources or {}).get("excluded", []):
+                    from ..util.termtext import printable
+
+                    click.echo(printable(f"  mirror excluded {excluded['url']}: {excluded['reason']}"))
                 for line in render_report(report)[1:] if report else []:
                     click.echo(line)
                 for sidecar in sidecars:

@@ -24,7 +24,7 @@ from tenacity.stop import stop_base
 
 from ..cancel import POLLING, STOP, Interrupted, request_stop, sleep_unless_stopped
 from ..config import Config
-from ..errors import ModfetchError, NetworkError, RemoteChangedError
+from ..errors import HTTPStatusError, ModfetchError, NetworkError, RemoteChangedError
 from ..failures import record_failure, record_interrupt, settle_success
 from ..progress import NullProgress, ProgressListener
 from ..state import FAILED, FINISHED_STATUSES, DownloadRow, StateDB, open_state, part_path_for
@@ -35,6 +35,7 @@ from . import ratelimit
 from .adaptive import AdaptiveSettings
 from .files import TargetLock, fsync_dir, os_error
 from .http import RangesIgnored, RemoteChanged, RetryableError
+from .mirrors import next_primary
 from .present import Presence, repair_installed
 from .probe import HeadResult, ProbeResult, probe, probe_head
 from .request import DownloadRequest, DownloadResult
@@ -84,6 +85,15 @@ class Downloader:
     # -- public ----------------------------------------------------------------------------------------
     def run(self, req: DownloadRequest) -> DownloadResult:
         """Download ``req`` to its destination, resuming earlier state; raises ModfetchError on failure."""
+        try:
+            return self._run(req)
+        except (NetworkError, HTTPStatusError) as exc:
+            fallback = next_primary(req, exc)  # the primary cannot be reached: a mirror takes its place
+            if fallback is None:
+                raise
+            return self.run(fallback)
+
+    def _run(self, req: DownloadRequest) -> DownloadResult:
         started = time.monotonic()
         db = open_state(self.config.state_db)
         session = make_session(self.config, self.workers)

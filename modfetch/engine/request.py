@@ -30,6 +30,7 @@ class DownloadRequest:
     artifact_type: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
     repair: bool = False  # `verify --repair`: mend the installed file even if its inode changed since
+    mirrors: tuple[str, ...] = ()  # other URLs serving the same bytes (`--mirror`; engine/mirrors.py)
 
     @property
     def expected(self) -> str | None:
@@ -54,3 +55,4 @@ class DownloadResult:
     elapsed_s: float = 0.0
     already_present: bool = False
     resumed: bool = False
+    sources: Mapping[str, Any] | None = None  # with mirrors: the sources used and excluded (SourceSet.summary)

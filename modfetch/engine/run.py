@@ -18,6 +18,7 @@ from .request import DownloadRequest
 
 if TYPE_CHECKING:  # the Downloader builds runs; a run only reads its settings
     from .download import Downloader
+    from .mirrors import SourceSet
 
 log = logging.getLogger("modfetch.engine")
 
@@ -73,6 +74,7 @@ class Run:
     fd: int = -1
     writes: OwnWrites | None = None
     counters: RunCounters = field(default_factory=RunCounters)
+    sources: SourceSet | None = None  # with mirrors: the sources chunks are spread over (per transfer)
 
     @property
     def part(self) -> Path:

@@ -90,6 +90,8 @@ def run_workers(run: Run, chunks: list[LiveChunk], hash_while_downloading: bool)
                     dl.on_checkpoint()
                     last_hook = now
                 _watchdog(ctx)
+                if run.sources is not None:
+                    run.sources.police(ctx)  # a far slower mirror is dropped, its pieces move on
                 check_part(fd, row.part_path, info.size)  # stop early, not after fetching into a lost file
                 if STOP.is_set():
                     raise Interrupted()
@@ -169,7 +171,7 @@ def _fetch_with_retries(run: Run, ctx: FetchContext, chunk: LiveChunk, session: 
     while True:
         before = chunk.done
         try:
-            fetch_chunk(ctx, chunk, session, buf)
+            (run.sources.fetch if run.sources is not None else fetch_chunk)(ctx, chunk, session, buf)
             return
         except RetryableError as exc:
             if STOP.is_set():

@@ -83,6 +83,7 @@ class Faults:
     wrong_range_shift: int = 4096
     overlong_times: int | None = 0         # 206 covering more than asked (through the end of the file)
     corrupt_times: int | None = 0          # flip the first body byte (the server sends wrong bytes)
+    corrupt_starts: frozenset[int] | None = None  # corrupt only ranges starting at these offsets
     hold: bool = False                     # data requests wait until release() (or stop())
     rate: float | None = None              # bytes per second per response (a trickle / throttle)
     rate_starts: frozenset[int] | None = None  # throttle only ranges starting at these offsets
@@ -426,7 +427,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not faults.chunked:
                 headers["Content-Length"] = str(size)
             status = 200
-        if data_fault_ok and owner._fire("corrupt", faults.corrupt_times) and body:
+        if (data_fault_ok and body and (faults.corrupt_starts is None or start in faults.corrupt_starts)
+                and owner._fire("corrupt", faults.corrupt_times)):
             record.faults.append("corrupt")
             body = bytes([body[0] ^ 0xFF]) + body[1:]
         record.status = status
