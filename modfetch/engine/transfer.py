@@ -94,6 +94,8 @@ def transfer(run: Run) -> DownloadResult:
         st = dest.stat()
         elapsed = time.monotonic() - run.started
         meta = dict(run.req.meta, stat=file_stamp(st))
+        if run.req.expected_git_sha1:  # verified above: a rerun knows the file without a request (present.py)
+            meta["git_sha1"] = run.req.expected_git_sha1.lower()
         db.update_download(row.id, status=COMPLETE, sha256=sha256, bytes_done=size, error=None,
                            finished_at=time.time(), meta=meta)
         ok = True
