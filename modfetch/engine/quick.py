@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from ..cancel import STOP
+from ..cancel import STOP, check_stop
 from ..errors import DiskError, IntegrityError, ModfetchError
 from ..failures import settle_success
 from ..state import (
@@ -192,6 +192,7 @@ class _Small:
                                   auth=req.headers, auth_host=req.auth_host, timeout=dl.timeout, on_bytes=advance,
                                   stop=STOP, writes=writes, on_headers=headers)
         except (RetryableError, RemoteChanged) as exc:
+            check_stop()  # request_stop() shut the connection down: a stop, not a reason to ask again
             raise _Fallback(str(exc)) from None
         except PartTruncated:
             raise part_changed(self.row.part_path, "truncated") from None
@@ -200,6 +201,7 @@ class _Small:
         except DiskError:
             raise
         except ModfetchError as exc:  # a refusal (404, 401, ...): the normal path asks again and reports it
+            check_stop()
             raise _Fallback(exc.message) from None
         except OSError as exc:
             raise os_error(exc, "cannot write", self.row.part_path) from None

@@ -122,6 +122,7 @@ class HubData:
         self.full_tokens: set[str] = {GOOD_TOKEN}
         self.noaccess_tokens: set[str] = {NOACCESS_TOKEN}
         self.tree_page_size = 1000
+        self.corrupt: set[str] = set()  # paths served with their first byte flipped (listed hashes unchanged)
 
     def add_repo(
         self,
@@ -167,6 +168,12 @@ class HubData:
         for tag in tags:
             repo.refs[tag] = sha
         return sha
+
+    def served(self, entry: HubFile) -> bytes:
+        """The bytes the Hub and its CDN send for ``entry``: its data, or a corrupted copy (``corrupt``)."""
+        if entry.path not in self.corrupt or not entry.data:
+            return entry.data
+        return bytes([entry.data[0] ^ 1]) + entry.data[1:]
 
     @classmethod
     def demo(cls) -> HubData:
@@ -368,7 +375,7 @@ class HubApp:
         disposition = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\";"
         return serve_bytes(
             request,
-            entry.data,
+            self.data.served(entry),
             etag=f'"{entry.git_sha1}"',
             headers=[*common, ("Content-Disposition", disposition)],
         )
@@ -537,7 +544,7 @@ class CdnApp:
         disposition = request.param("response-content-disposition")
         if disposition:
             headers.append(("Content-Disposition", disposition))
-        return serve_bytes(request, entry.data, etag=f'"{entry.sha256}"', headers=headers)
+        return serve_bytes(request, self.data.served(entry), etag=f'"{entry.sha256}"', headers=headers)
 
 
 class HubLookalike:
