@@ -89,8 +89,8 @@ def fetch_small(dl: Downloader, db: StateDB, session: requests.Session, req: Dow
         return None  # already present, to repair, or someone else's: the normal path decides
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise os_error(exc, "cannot create directory", dest.parent) from None
+    except OSError:
+        return None  # (a file in the way of a folder, no permission...): reported by the normal path
     with TargetLock(dl.config.data_root / "locks", dest):
         row = db.find_by_dest(str(dest))
         if row is not None and (row.status in (*FINISHED_STATUSES, MISMATCH) or row.meta.get("repairing")):
