@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import Modfetch, wait_for
 from tests.servers.lookalike import pseudo_random_bytes
-from tests.servers.lookalike.hub import HubData, HubFile, HubLookalike
+from tests.servers.lookalike.hub import GOOD_TOKEN, HubData, HubFile, HubLookalike
 
 REPO = "acme/many"
 REGULAR = {f"cfg/file-{i:02d}.json": pseudo_random_bytes(f"regular-{i}", 3000 + i) for i in range(12)}
@@ -81,8 +81,10 @@ def assert_tree(dest: Path, files: dict[str, bytes]) -> None:
         assert (dest / path).read_bytes() == data, path
 
 
-def test_one_get_per_small_file_and_no_head(mf: Modfetch, fresh: HubLookalike) -> None:
+def test_one_get_per_small_file_and_no_head(mf: Modfetch, fresh: HubLookalike,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     use_hub(mf, fresh.url)
+    monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
     result = mf.download(f"hf://{REPO}")
     assert result.exit_code == 0, result.output
     assert_tree(mf.dest, FILES)
@@ -95,6 +97,9 @@ def test_one_get_per_small_file_and_no_head(mf: Modfetch, fresh: HubLookalike) -
     # The big file still goes chunked: ranged GETs on the CDN.
     ranges = [r for _, r in cdn_requests(fresh, "weights/big.safetensors")]
     assert sum(1 for r in ranges if r and r != "bytes=0-0") >= 2, ranges
+    # The token goes to the Hub with every request, and never with the redirect to the CDN.
+    assert all(r.headers.get("authorization") == f"Bearer {GOOD_TOKEN}" for r in fresh.hub.requests())
+    assert not any("authorization" in r.headers for r in fresh.cdn.requests())
     rows = {Path(r["dest_path"]).name: r for r in mf.rows()}
     assert len(rows) == len(FILES)
     assert all(r["status"] == "complete" and r["sha256"] for r in rows.values()), rows
