@@ -62,30 +62,22 @@ class ConnectionBudget:
 
 
 class Throttled:
-    """A metrics hook called at most every ``seconds`` while many files finish (each call rewrites and fsyncs
-    the textfile and reads the whole DB); ``flush`` makes the last, skipped call."""
+    """A metrics hook called at most every ``seconds`` (counted from the start) while many files finish: each
+    call reads the whole DB and rewrites and fsyncs the textfile.  The end of the command writes it anyway
+    (``metrics.write_after_run``), so a repo done within ``seconds`` costs no write of its own."""
 
     def __init__(self, hook: Callable[[], None], seconds: float = HOOK_SECONDS) -> None:
         self.hook, self.seconds = hook, seconds
         self._lock = threading.Lock()
-        self._last = 0.0
-        self._skipped = False
+        self._last = time.monotonic()
 
     def __call__(self) -> None:
         with self._lock:
             now = time.monotonic()
             if now - self._last < self.seconds:
-                self._skipped = True
                 return
-            self._last, self._skipped = now, False
+            self._last = now
         self.hook()
-
-    def flush(self) -> None:
-        """Run the hook if a call was skipped since the last run."""
-        with self._lock:
-            skipped, self._skipped = self._skipped, False
-        if skipped:
-            self.hook()
 
 
 def download_many(config: Config, requests_: Sequence[DownloadRequest], *, progress: ProgressFactory,
@@ -102,8 +94,10 @@ def download_many(config: Config, requests_: Sequence[DownloadRequest], *, progr
     done: dict[int, DownloadResult] = {}
     errors: list[tuple[int, ModfetchError]] = []
     lock = threading.Lock()
-    queue = list(range(len(requests_)))
-    queue.reverse()  # popped from the end: the files start in the order given
+    # Largest first (a file of unknown size counts as large): the big transfers overlap the small files'
+    # round trips instead of running alone at the end.  Popped from the end of the list.
+    queue = sorted(range(len(requests_)), key=lambda n: (requests_[n].expected_size is not None,
+                                                          -(requests_[n].expected_size or 0), n), reverse=True)
 
     def next_index() -> int | None:
         with lock:
@@ -138,11 +132,7 @@ def download_many(config: Config, requests_: Sequence[DownloadRequest], *, progr
             session.close()
             db.close()
 
-    try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="modfetch-file") as pool:
-            futures = [pool.submit(lane) for _ in range(lanes)]
-            wait_or_stop(futures, lambda future: future.result())  # a lane raises only when stopped (or a bug)
-    finally:
-        if hook is not None:
-            hook.flush()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="modfetch-file") as pool:
+        futures = [pool.submit(lane) for _ in range(lanes)]
+        wait_or_stop(futures, lambda future: future.result())  # a lane raises only when stopped (or a bug)
     return done, [error for _, error in sorted(errors, key=lambda pair: pair[0])]
