@@ -97,6 +97,8 @@ def test_one_get_per_small_file_and_no_head(mf: Modfetch, fresh: HubLookalike,
     # The big file still goes chunked: ranged GETs on the CDN.
     ranges = [r for _, r in cdn_requests(fresh, "weights/big.safetensors")]
     assert sum(1 for r in ranges if r and r != "bytes=0-0") >= 2, ranges
+    # The repo's info already named main's commit: pinning it cost no extra request.
+    assert not any("/revision/" in r.target for r in fresh.hub.requests())
     # The token goes to the Hub with every request, and never with the redirect to the CDN.
     assert all(r.headers.get("authorization") == f"Bearer {GOOD_TOKEN}" for r in fresh.hub.requests())
     assert not any("authorization" in r.headers for r in fresh.cdn.requests())
