@@ -1,17 +1,22 @@
-"""Group commit for many small files: threads hand in what must be durable (a file descriptor, a directory) and
-wait; one of them (the leader) fsyncs everything handed in so far in one go, each directory once per round.
+"""Group commit for many small files finishing at once: what must be durable before a file is installed or
+recorded complete is synced together with the other files' instead of one file at a time.
 
-A file of a many-file repo is recorded complete, or installed under its final name, only after ``sync`` returns
-for it, exactly as with a lone ``os.fsync``: the rule "nothing is recorded complete before it is durable" stands,
-but forty files finishing together in one folder cost forty data syncs and one directory sync instead of forty
-of each, and the syncs of files that finish while a round is running are taken together by the next round.
+* A file's data: each caller fsyncs its own descriptor, concurrently with the other lanes.  The file system
+  commits concurrent fsyncs in one journal transaction (measured here: 48 files of 32 KiB took 13-100 ms from
+  8 threads, 27-800 ms one after the other on the same busy disk), so a leader syncing everyone's files in
+  turn would be the slow way.
+* A folder's entries (the new names): one caller (the leader) syncs every folder handed in so far, each
+  folder once per round, while the others wait; names that arrive during a round share the next one.
+
+A file is recorded complete, or installed under its final name, only after ``sync`` returns for it, exactly
+as with a lone ``os.fsync``: the rule "nothing is recorded complete before it is durable" stands.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .files import fsync_dir
@@ -19,26 +24,29 @@ from .files import fsync_dir
 
 @dataclass
 class _Entry:
-    fd: int | None
-    directory: Path | None
+    directory: Path
     done: bool = False
-    error: OSError | None = field(default=None)
+    error: OSError | None = None
 
 
 class SyncGroup:
-    """Leader/follower group fsync (thread-safe; one per multi-file run)."""
+    """Concurrent data fsyncs and leader/follower folder syncs (thread-safe; one per multi-file run)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._pending: list[_Entry] = []
         self._leading = False
-        self.rounds = 0  # how many rounds ran (a test sees files batched: rounds < syncs)
-        self.syncs = 0
+        self.rounds = 0  # folder rounds run (a test sees names batched: rounds < syncs)
+        self.syncs = 0  # folder syncs asked for
 
     def sync(self, fd: int | None = None, directory: Path | None = None) -> None:
-        """Return once ``fd`` (its data and metadata) and ``directory`` (its entries) are durable; raises the
-        OSError of ``fd``'s own fsync (a directory that cannot be synced is skipped, as ``fsync_dir`` does)."""
-        entry = _Entry(fd, directory)
+        """Return once ``fd`` (its data and metadata) and then ``directory`` (its entries) are durable; raises
+        ``fd``'s own fsync error (a folder that cannot be synced is skipped, as ``fsync_dir`` does)."""
+        if fd is not None:
+            os.fsync(fd)  # in this thread, concurrently with the other lanes (see the module docstring)
+        if directory is None:
+            return
+        entry = _Entry(directory)
         with self._cond:
             self._pending.append(entry)
             self.syncs += 1
@@ -61,20 +69,14 @@ class SyncGroup:
                     if not batch:
                         return
                     self.rounds += 1
-                for entry in batch:
-                    if entry.fd is not None:
-                        try:
-                            os.fsync(entry.fd)
-                        except OSError as exc:
-                            entry.error = exc
-                for directory in {e.directory for e in batch if e.directory is not None}:
+                for directory in dict.fromkeys(e.directory for e in batch):
                     fsync_dir(directory)
                 synced = True
                 self._release(batch)
         finally:
             if not synced:  # the leader was stopped mid-round: nobody of this round may take it for durable
                 for entry in batch:
-                    entry.error = entry.error or OSError("the sync was interrupted")
+                    entry.error = OSError("the sync was interrupted")
                 self._release(batch)
             with self._cond:
                 self._leading = False
