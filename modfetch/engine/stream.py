@@ -69,6 +69,10 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
                 raise Interrupted()
         if length is not None and pos != length:
             raise RetryableError(f"body ended after {pos} of {length} bytes")
+        if length is not None and not encoded:
+            # Read to its announced end (straight from the socket, past requests' bookkeeping): say so, or
+            # closing the response drops a clean keep-alive connection and the next file connects again.
+            response._content_consumed = True
         if writes is not None:
             writes.truncate(pos)
         else:

@@ -46,7 +46,7 @@ def _reset(hub: HubLookalike) -> None:
     for server in (hub.hub, hub.cdn):
         server.records.clear()
         server.delay = 0.0
-        server.max_in_flight = 0
+        server.max_in_flight = server.connections = 0
     hub.data.corrupt.clear()
 
 
@@ -136,6 +136,19 @@ def test_files_run_concurrently_over_bounded_connections(mf: Modfetch, fresh: Hu
     # Before: two files at a time, so never more than two requests at once on the Hub.
     assert 2 < fresh.hub.max_in_flight <= LANES, fresh.hub.max_in_flight
     assert fresh.cdn.max_in_flight <= LANES, fresh.cdn.max_in_flight  # the big file's chunks share the budget
+
+
+def test_connections_are_reused_from_file_to_file(mf: Modfetch, fresh: HubLookalike) -> None:
+    """Each lane keeps its keep-alive connections: far fewer connections than requests (before, every file
+    opened new ones: a TLS handshake per file against the real Hub and CDN)."""
+    use_hub(mf, fresh.url)
+    result = mf.download(f"hf://{REPO}?exclude=weights/*")  # small files only: one request each
+    assert result.exit_code == 0, result.output
+    assert_tree(mf.dest, SMALL)
+    hub_requests, cdn_requests_ = len(fresh.hub.requests()), len(fresh.cdn.requests())
+    assert hub_requests >= len(SMALL) and cdn_requests_ == len(SMALL_LFS)
+    assert fresh.hub.connections <= LANES + 2, (fresh.hub.connections, hub_requests)  # (+ the resolver's)
+    assert fresh.cdn.connections <= LANES, (fresh.cdn.connections, cdn_requests_)
 
 
 def test_a_second_run_sends_no_data_request(mf: Modfetch, fresh: HubLookalike) -> None:
