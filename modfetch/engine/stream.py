@@ -72,7 +72,7 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
         if length is not None and not encoded:
             # Read to its announced end (straight from the socket, past requests' bookkeeping): say so, or
             # closing the response drops a clean keep-alive connection and the next file connects again.
-            response._content_consumed = True
+            response._content_consumed = True  # type: ignore[attr-defined]
         if writes is not None:
             writes.truncate(pos)
         else:
