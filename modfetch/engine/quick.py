@@ -8,7 +8,7 @@ The row is written three times (created running; the proof hash with the server'
 rename; complete and settled in one transaction) instead of once per step.
 
 Anything unexpected (another status, another size, a failed connection, a file or a finished row already
-there) returns None after resetting the row: the caller takes the normal path (probe, resume, retries, repair,
+there) returns None after undoing the row: the caller takes the normal path (probe, resume, retries, repair,
 "already present"), which reports real errors exactly as for any other file.
 """
 
@@ -32,7 +32,6 @@ from ..state import (
     FINISHED_STATUSES,
     INTERRUPTED,
     MISMATCH,
-    PENDING,
     RUNNING,
     DownloadRow,
     StateDB,
@@ -82,7 +81,7 @@ def eligible(req: DownloadRequest, chunk_size: int) -> bool:
 def fetch_small(dl: Downloader, db: StateDB, session: requests.Session, req: DownloadRequest, group: SyncGroup,
                 started: float) -> DownloadResult | None:
     """Download ``req`` (``eligible``) with one GET; None when the normal path must take it (nothing installed
-    then, and the row, if one was made, reset to pending)."""
+    then, and the row as it was before this attempt)."""
     assert req.filename is not None
     dest = safe_join(req.dest_dir, req.subdir, sanitize_filename(req.filename))
     if os.path.lexists(dest):
@@ -95,12 +94,18 @@ def fetch_small(dl: Downloader, db: StateDB, session: requests.Session, req: Dow
         row = db.find_by_dest(str(dest))
         if row is not None and (row.status in (*FINISHED_STATUSES, MISMATCH) or row.meta.get("repairing")):
             return None
-        row = _start_row(db, row, req, dest)
+        prior, row = row, _start_row(db, row, req, dest)
         try:
             return _Small(dl, db, session, req, group, row, dest, started).run()
         except _Fallback as why:
             log.debug("%s: %s; taking the normal path", dest.name, why, extra={"download_id": row.id})
-            db.restart_download(row.id, status=PENDING, error=None, pid=None)
+            # The normal path starts from the state before this attempt: no row (a stop during its probe then
+            # leaves none, as for any file), or the earlier attempt's row as it was (its .part is gone).
+            if prior is None:
+                db.delete_download(row.id)
+                row.part_path.unlink(missing_ok=True)
+            else:
+                db.restart_download(row.id, status=prior.status, error=prior.error, pid=None)
             return None
 
 

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import _socket
 import contextlib
+import heapq
 import http.client
+import itertools
 import os
 import socket
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -62,6 +66,51 @@ def _shutdown(sock: socket.socket) -> None:
 on_stop(_shutdown_all)
 
 
+class _Deadlines:
+    """One daemon thread for every response's header deadline: a ``threading.Timer`` per response started a
+    thread per request, which a many-file repo (hundreds of small requests) paid in CPU on every file."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[list[Any]] = []  # [when, seq, action or None (cancelled)]
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, seconds: float, action: Callable[[], None]) -> list[Any]:
+        """Run ``action`` in ``seconds`` unless ``cancel``-led before; returns the handle for ``cancel``."""
+        entry = [time.monotonic() + seconds, next(self._seq), action]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="modfetch-deadlines", daemon=True)
+                self._thread.start()
+            if self._heap[0] is entry:
+                self._cond.notify()
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        """Drop ``entry``'s action (it is skipped when its time comes)."""
+        with self._cond:
+            entry[2] = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                when, _, action = self._heap[0]
+                if action is not None and when > time.monotonic():
+                    self._cond.wait(when - time.monotonic())
+                    continue
+                heapq.heappop(self._heap)
+            if action is not None:
+                with contextlib.suppress(Exception):
+                    action()
+
+
+_DEADLINES = _Deadlines()
+
+
 class _LineTracker:
     """Wraps a response's file to remember the last line read: a header block that did not end with an empty
     line was cut off (http.client takes EOF as the end of the headers)."""
@@ -103,9 +152,7 @@ class _GuardedResponse(http.client.HTTPResponse):
 
         tracker = _LineTracker(self.fp)
         self.fp = tracker  # type: ignore[assignment]
-        timer = threading.Timer(limit, expire)
-        timer.daemon = True
-        timer.start()
+        deadline = _DEADLINES.add(limit, expire)
         try:
             super().begin()
             while 100 <= self.status < 200 and self.status != 101:
@@ -121,7 +168,7 @@ class _GuardedResponse(http.client.HTTPResponse):
                 raise TimeoutError(f"no complete response headers within {limit:.0f}s") from None
             raise
         finally:
-            timer.cancel()
+            _DEADLINES.cancel(deadline)
             if self.fp is tracker:  # type: ignore[comparison-overlap]
                 self.fp = tracker.fp
 

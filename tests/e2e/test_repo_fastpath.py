@@ -48,6 +48,7 @@ def _reset(hub: HubLookalike) -> None:
         server.delay = 0.0
         server.max_in_flight = server.connections = 0
     hub.data.corrupt.clear()
+    hub.data.fail_once.clear()
 
 
 def use_hub(mf: Modfetch, url: str, **concurrency: int) -> None:
@@ -125,6 +126,22 @@ def test_a_corrupted_small_file_is_caught_by_its_listed_hash(mf: Modfetch, fresh
     assert status[Path(path).name] == "mismatch", status
     resolve = resolve_requests(fresh)
     assert resolve[("GET", path)] == 1 and resolve[("HEAD", path)] == 0, resolve  # caught on the fast path
+
+
+@pytest.mark.parametrize("path", [next(iter(REGULAR)), next(iter(SMALL_LFS))], ids=["regular", "lfs"])
+def test_a_failed_single_get_falls_back_to_the_normal_path(mf: Modfetch, fresh: HubLookalike, path: str) -> None:
+    """A 503 on the one GET is not the file's failure: the normal path (probe, retries) takes it over."""
+    use_hub(mf, fresh.url)
+    fresh.data.fail_once.add(path)
+    result = mf.download(f"hf://{REPO}")
+    assert result.exit_code == 0, result.output
+    assert_tree(mf.dest, FILES)
+    resolve = resolve_requests(fresh)
+    assert resolve[("HEAD", path)] >= 1, resolve  # the normal path's probe
+    others = [p for p in SMALL if p != path]
+    assert all(resolve[("HEAD", p)] == 0 for p in others), resolve
+    rows = [r for r in mf.rows() if r["dest_path"].endswith(path)]
+    assert [r["status"] for r in rows] == ["complete"], rows  # one row, no leftover of the fast attempt
 
 
 def test_files_run_concurrently_over_bounded_connections(mf: Modfetch, fresh: HubLookalike) -> None:

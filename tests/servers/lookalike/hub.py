@@ -123,6 +123,7 @@ class HubData:
         self.noaccess_tokens: set[str] = {NOACCESS_TOKEN}
         self.tree_page_size = 1000
         self.corrupt: set[str] = set()  # paths served with their first byte flipped (listed hashes unchanged)
+        self.fail_once: set[str] = set()  # paths whose next GET on the Hub answers 503 (then normally)
 
     def add_repo(
         self,
@@ -357,6 +358,9 @@ class HubApp:
             ("Access-Control-Expose-Headers", "X-Repo-Commit,X-Linked-Etag,X-Linked-Size,ETag,Location"),
         ]
         name = path.rsplit("/", 1)[-1]
+        if request.method == "GET" and path in self.data.fail_once:
+            self.data.fail_once.discard(path)
+            return Response(503, b"Service Unavailable", [("Content-Type", "text/plain")])
         if entry.lfs:
             location = self.cdn_location(entry, name)
             body = f"Found. Redirecting to {location}".encode()
