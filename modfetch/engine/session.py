@@ -22,11 +22,14 @@ import time
 import weakref
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
+import requests.utils
 import urllib3.connection
 import urllib3.connectionpool
+from requests.sessions import merge_setting as _untyped_merge
 
 from ..cancel import STOP, Interrupted, check_stop, on_stop
 from ..config import Config
@@ -35,6 +38,7 @@ HEADER_DEADLINE_FACTOR = 2.0  # response headers must be complete within this ma
 HEADER_DEADLINE_DEFAULT = 120.0  # seconds, when the socket has no timeout
 
 _LOCK = threading.RLock()
+merge_setting: Callable[..., Any] = _untyped_merge  # (requests' helper has no annotations)
 _LIVE: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 
 
@@ -216,10 +220,34 @@ def guard_session(session: requests.Session) -> None:
             adapter.close()
 
 
+class _Session(requests.Session):
+    """A Session that works out the environment's proxies (``*_PROXY``, ``NO_PROXY``) once per origin instead of
+    on every request: a repo of hundreds of small files spent about 0.5 ms of CPU per request scanning the
+    environment.  The environment is read when a session first talks to an origin (a session lives for one
+    download or one many-file run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environ_proxies: dict[tuple[str, str], dict[str, str]] = {}
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        if not self.trust_env or proxies:  # (proxies given per request: requests' own path)
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        found = self._environ_proxies.get(key)
+        if found is None:
+            found = self._environ_proxies[key] = dict(requests.utils.get_environ_proxies(url, no_proxy=None))
+        if verify is True or verify is None:  # as requests does (curl's variable too)
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or verify
+        return {"proxies": merge_setting(dict(found), self.proxies), "stream": merge_setting(stream, self.stream),
+                "verify": merge_setting(verify, self.verify), "cert": merge_setting(cert, self.cert)}
+
+
 def make_session(config: Config, pool_size: int = 4) -> requests.Session:
     """A requests Session with modfetch's User-Agent, identity encoding, guarded connections and a pool sized
     for ``pool_size``."""
-    session = requests.Session()
+    session = _Session()
     adapter = GuardedAdapter(pool_connections=4, pool_maxsize=max(4, pool_size), max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
