@@ -93,7 +93,7 @@ def download_many(config: Config, requests_: Sequence[DownloadRequest], *, progr
     chunk = chunk_size or config.concurrency.chunk_size_mb << 20
     done: dict[int, DownloadResult] = {}
     errors: list[tuple[int, ModfetchError]] = []
-    lock = threading.Lock()
+    lock, opening = threading.Lock(), threading.Lock()
     # Largest first (a file of unknown size counts as large): the big transfers overlap the small files'
     # round trips instead of running alone at the end.  Popped from the end of the list.
     queue = sorted(range(len(requests_)), key=lambda n: (requests_[n].expected_size is not None,
@@ -123,7 +123,8 @@ def download_many(config: Config, requests_: Sequence[DownloadRequest], *, progr
             budget.give(taken)
 
     def lane() -> None:
-        db = open_state(config.state_db)
+        with opening:  # one at a time: eight connections switching to WAL at once wait in SQLite's busy handler
+            db = open_state(config.state_db)
         session = make_session(config, 2)
         try:
             while (n := next_index()) is not None:
