@@ -93,11 +93,13 @@ class Downloader:
         session = make_session(self.config, self.workers) if session is None else session
         dest: Path | None = None
         try:
+            named = None
             if req.filename:  # authoritative name: a path the file system cannot hold is refused before any request
-                safe_join(req.dest_dir, req.subdir, sanitize_filename(req.filename))
-            present = self.present.without_probe(db, req)
-            if present is None and self.group is not None and quick.eligible(req, self.chunk_size):
-                present = quick.fetch_small(self, db, session, req, self.group, started)
+                named = safe_join(req.dest_dir, req.subdir, sanitize_filename(req.filename))
+            present = self.present.without_probe(db, req, named)
+            if (present is None and named is not None and self.group is not None
+                    and quick.eligible(req, self.chunk_size)):
+                present = quick.fetch_small(self, db, session, req, named, self.group, started)
                 if present is not None:
                     return present  # (settled in its final transaction)
             if present is None:

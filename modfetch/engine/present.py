@@ -42,16 +42,18 @@ class Presence:
     def _lock(self, dest: Path) -> TargetLock:
         return TargetLock(self.config.data_root / "locks", dest)
 
-    def without_probe(self, db: StateDB, req: DownloadRequest) -> DownloadResult | None:
+    def without_probe(self, db: StateDB, req: DownloadRequest, dest: Path | None = None) -> DownloadResult | None:
         """With an expected SHA-256 (or a git blob SHA-1 an earlier run verified) and a name known without asking
         the server (``--out``, the resolver's name or the URL's), a file already there with exactly those bytes
         is a no-op that sends no request at all.
-        Anything else (no such file, other bytes) is left to the normal path after the probe."""
+        Anything else (no such file, other bytes) is left to the normal path after the probe.  ``dest``: the
+        target of ``req.filename`` when the caller has already worked it out (``safe_join``)."""
         name = req.filename or filename_from_url(req.url)
         blob = req.expected_git_sha1.lower() if req.expected_git_sha1 and not req.expected else None
         if not (req.expected or blob) or not name:
             return None
-        dest = safe_join(req.dest_dir, req.subdir, sanitize_filename(name))
+        if dest is None or not req.filename:
+            dest = safe_join(req.dest_dir, req.subdir, sanitize_filename(name))
         if not dest.is_file():
             return None
         with self._lock(dest):

@@ -38,7 +38,6 @@ from ..state import (
     StateDB,
     part_path_for,
 )
-from ..util.filenames import safe_join, sanitize_filename
 from ..util.redact import redact, redact_url
 from .fetch import PartTruncated
 from .files import (
@@ -83,12 +82,10 @@ def eligible(req: DownloadRequest, chunk_size: int) -> bool:
                 and (req.expected or req.expected_git_sha1) and not req.force and not req.repair)
 
 
-def fetch_small(dl: Downloader, db: StateDB, session: requests.Session, req: DownloadRequest, group: SyncGroup,
-                started: float) -> DownloadResult | None:
+def fetch_small(dl: Downloader, db: StateDB, session: requests.Session, req: DownloadRequest, dest: Path,
+                group: SyncGroup, started: float) -> DownloadResult | None:
     """Download ``req`` (``eligible``) with one GET; None when the normal path must take it (nothing installed
-    then, and the row as it was before this attempt)."""
-    assert req.filename is not None
-    dest = safe_join(req.dest_dir, req.subdir, sanitize_filename(req.filename))
+    then, and the row as it was before this attempt).  ``dest``: the target, from ``safe_join``."""
     if os.path.lexists(dest):
         return None  # already present, to repair, or someone else's: the normal path decides
     try:
