@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cancel import check_stop, wait_or_stop
 from ..config import Config
 from ..engine.download import Downloader, DownloadRequest, DownloadResult
 from ..engine.session import make_session
@@ -21,6 +19,7 @@ from ..resolvers.registry import resolve
 from ..state import StateDB, db_failure, open_state
 from ..util.redact import redact, redact_url
 from .layout import dest_subdir, library_subdir, previous_location
+from .manyfiles import download_many
 
 log = logging.getLogger("modfetch.app")
 ProgressFactory = Callable[[], ProgressListener]
@@ -137,25 +136,9 @@ def download_uri(config: Config, uri: str, options: DownloadOptions, progress: P
 
     if len(requests_) == 1:
         return [run(requests_[0])]
-    done: dict[int, DownloadResult] = {}
-    errors: list[ModfetchError] = []
-    parallel = max(1, config.concurrency.batch_parallel_files)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = [pool.submit(run, r) for r in requests_]
-        index = {id(future): n for n, future in enumerate(futures)}
-
-        def settle(future: concurrent.futures.Future[DownloadResult]) -> None:
-            n = index[id(future)]
-            try:
-                done[n] = future.result()
-            except Exception as exc:  # this file's failure alone (whatever it is): the others go on
-                check_stop()  # request_stop() shut its connections down: the file was stopped, not failed
-                error = exc if isinstance(exc, ModfetchError) else file_failure(config, requests_[n], exc)
-                log.error("%s", error.message)
-                errors.append(error)
-
-        # Only a real stop (Ctrl-C, or a file stopped by request_stop()) stops the other files: Interrupted.
-        wait_or_stop(futures, settle)
+    done, errors = download_many(config, requests_, progress=progress, concurrency=options.concurrency,
+                                 chunk_size=options.chunk_size, on_checkpoint=on_checkpoint,
+                                 failure=lambda req, exc: file_failure(config, req, exc))
     results = [done[n] for n in sorted(done)]
     if errors:
         first = errors[0]

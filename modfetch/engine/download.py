@@ -31,7 +31,7 @@ from ..state import FAILED, FINISHED_STATUSES, DownloadRow, StateDB, open_state,
 from ..util.filenames import filename_from_url, safe_join, sanitize_filename
 from ..util.http import strong_etag
 from ..util.redact import redact_url
-from . import ratelimit
+from . import quick, ratelimit
 from .adaptive import AdaptiveSettings
 from .files import TargetLock, fsync_dir, os_error
 from .http import RangesIgnored, RemoteChanged, RetryableError
@@ -42,6 +42,7 @@ from .request import DownloadRequest, DownloadResult
 from .retry import UNREACHABLE_ATTEMPTS, backoff_wait
 from .run import Run
 from .session import make_session
+from .syncgroup import SyncGroup
 from .transfer import transfer
 from .workers import CHECKPOINT_SECONDS, HOOK_SECONDS, date_if_range
 
@@ -67,8 +68,12 @@ class Downloader:
 
     def __init__(self, config: Config, *, progress: ProgressListener | None = None, concurrency: int | None = None,
                  chunk_size: int | None = None, on_checkpoint: Callable[[], None] | None = None,
-                 steal: bool = True, adaptive: AdaptiveSettings | None = None) -> None:
+                 steal: bool = True, adaptive: AdaptiveSettings | None = None,
+                 group: SyncGroup | None = None) -> None:
+        """``group``: this file is one of a many-file run whose small files take the one-GET fast path
+        (engine/quick.py) and are made durable together."""
         self.config = config
+        self.group = group
         self.progress: ProgressListener = progress or NullProgress()
         self.workers = max(1, concurrency or config.concurrency.per_file_chunks)
         self.chunk_size = chunk_size or config.concurrency.chunk_size_mb << 20
@@ -83,25 +88,35 @@ class Downloader:
         ratelimit.configure(config.network.max_bytes_per_second)  # process-wide: shared with other files
 
     # -- public ----------------------------------------------------------------------------------------
-    def run(self, req: DownloadRequest) -> DownloadResult:
-        """Download ``req`` to its destination, resuming earlier state; raises ModfetchError on failure."""
+    def run(self, req: DownloadRequest, db: StateDB | None = None,
+            session: requests.Session | None = None) -> DownloadResult:
+        """Download ``req`` to its destination, resuming earlier state; raises ModfetchError on failure.
+        ``db`` / ``session``: this thread's state DB connection and HTTP session, shared by the files of a
+        many-file run (left open); by default the run opens and closes its own."""
         try:
-            return self._run(req)
+            return self._run(req, db, session)
         except (NetworkError, HTTPStatusError) as exc:
             fallback = next_primary(req, exc)  # the primary cannot be reached: a mirror takes its place
             if fallback is None:
                 raise
-            return self.run(fallback)
+            return self.run(fallback, db, session)
 
-    def _run(self, req: DownloadRequest) -> DownloadResult:
+    def _run(self, req: DownloadRequest, db: StateDB | None, session: requests.Session | None) -> DownloadResult:
         started = time.monotonic()
-        db = open_state(self.config.state_db)
-        session = make_session(self.config, self.workers)
+        own_db, own_session = db is None, session is None
+        db = open_state(self.config.state_db) if db is None else db
+        session = make_session(self.config, self.workers) if session is None else session
         dest: Path | None = None
         try:
+            named = None
             if req.filename:  # authoritative name: a path the file system cannot hold is refused before any request
-                safe_join(req.dest_dir, req.subdir, sanitize_filename(req.filename))
-            present = self.present.without_probe(db, req)
+                named = safe_join(req.dest_dir, req.subdir, sanitize_filename(req.filename))
+            present = self.present.without_probe(db, req, named)
+            if (present is None and named is not None and self.group is not None
+                    and quick.eligible(req, self.chunk_size)):
+                present = quick.fetch_small(self, db, session, req, named, self.group, started)
+                if present is not None:
+                    return present  # (settled in its final transaction)
             if present is None:
                 head = probe_head(session, req.url, base_headers=self.base_headers, auth=req.headers,
                                   auth_host=req.auth_host, timeout=self.timeout)
@@ -122,8 +137,10 @@ class Downloader:
             self._checkpoint_hook()
             raise
         finally:
-            session.close()
-            db.close()
+            if own_session:
+                session.close()
+            if own_db:
+                db.close()
 
     def _guess_dest(self, req: DownloadRequest) -> Path | None:
         """The target a request would have before the server named it (the failure row's key), if any."""

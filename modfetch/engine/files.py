@@ -276,9 +276,11 @@ def file_stamp(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
-def install_file(part: Path, final: Path, overwrite: bool, check: Callable[[], None] | None = None) -> None:
+def install_file(part: Path, final: Path, overwrite: bool, check: Callable[[], None] | None = None,
+                 sync_dir: bool = True) -> None:
     """Move ``part`` to ``final`` atomically; without ``overwrite`` an existing file is never replaced.
-    ``check`` runs right before the move (the last moment to refuse a ``.part`` someone changed)."""
+    ``check`` runs right before the move (the last moment to refuse a ``.part`` someone changed).
+    ``sync_dir=False``: the caller makes the folder durable itself (a ``SyncGroup`` round) before relying on it."""
     if check is not None:
         check()
     try:
@@ -291,7 +293,8 @@ def install_file(part: Path, final: Path, overwrite: bool, check: Callable[[], N
             except FileExistsError:
                 if is_own_sidecar(final):  # our checksum of a sibling file, written meanwhile: regenerable
                     os.replace(part, final)
-                    fsync_dir(final.parent)
+                    if sync_dir:
+                        fsync_dir(final.parent)
                     return
                 raise TargetExistsError(f"{final} appeared while downloading; not overwriting it",
                                         hint="the new bytes are kept in " + str(part)) from None
@@ -305,7 +308,8 @@ def install_file(part: Path, final: Path, overwrite: bool, check: Callable[[], N
                 os.unlink(part)
     except OSError as exc:
         raise os_error(exc, "cannot move the finished file to", final) from None
-    fsync_dir(final.parent)
+    if sync_dir:
+        fsync_dir(final.parent)
 
 
 _SIDECAR = re.compile(rb"[0-9a-f]{64}  ([^\n/]+)\n")

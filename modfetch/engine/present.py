@@ -42,22 +42,34 @@ class Presence:
     def _lock(self, dest: Path) -> TargetLock:
         return TargetLock(self.config.data_root / "locks", dest)
 
-    def without_probe(self, db: StateDB, req: DownloadRequest) -> DownloadResult | None:
-        """With an expected SHA-256 and a name known without asking the server (``--out``, the resolver's name
-        or the URL's), a file already there with exactly those bytes is a no-op that sends no request at all.
-        Anything else (no such file, other bytes) is left to the normal path after the probe."""
+    def without_probe(self, db: StateDB, req: DownloadRequest, dest: Path | None = None) -> DownloadResult | None:
+        """With an expected SHA-256 (or a git blob SHA-1 an earlier run verified) and a name known without asking
+        the server (``--out``, the resolver's name or the URL's), a file already there with exactly those bytes
+        is a no-op that sends no request at all.
+        Anything else (no such file, other bytes) is left to the normal path after the probe.  ``dest``: the
+        target of ``req.filename`` when the caller has already worked it out (``safe_join``)."""
         name = req.filename or filename_from_url(req.url)
-        if not req.expected or not name:
+        blob = req.expected_git_sha1.lower() if req.expected_git_sha1 and not req.expected else None
+        if not (req.expected or blob) or not name:
             return None
-        dest = safe_join(req.dest_dir, req.subdir, sanitize_filename(name))
+        if dest is None or not req.filename:
+            dest = safe_join(req.dest_dir, req.subdir, sanitize_filename(name))
         if not dest.is_file():
             return None
         with self._lock(dest):
             row = db.find_by_dest(str(dest))
-            if self.cached_sha256(row, dest) != req.expected:
+            if blob is not None:
+                # A repo's regular file (only its git blob SHA-1 is listed): ours when this URL's finished row
+                # verified exactly that blob and the file still hashes to the row's SHA-256.
+                if (row is None or row.status not in FINISHED_STATUSES or row.url != req.row_url or not row.sha256
+                        or row.meta.get("git_sha1") != blob or self.cached_sha256(row, dest) != row.sha256):
+                    return None
+            elif self.cached_sha256(row, dest) != req.expected:
                 return None
             unprobed = ProbeResult(url=req.url, size=None, ranges=False, etag=None, last_modified=None,
                                    filename=None)
+            if blob is not None and row is not None and row.sha256:
+                return self._adopt(db, row, req, unprobed, dest, row.sha256)
             return self.already_present(db, row, req, unprobed, dest)
 
     def after_head(self, db: StateDB, req: DownloadRequest, head: HeadResult) -> DownloadResult | None:

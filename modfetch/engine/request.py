@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,10 @@ class DownloadRequest:
         """The expected SHA-256 in lower case, if one was given."""
         return self.expected_sha256.lower() if self.expected_sha256 else None
 
-    @property
+    @cached_property
     def row_url(self) -> str:
-        """The URL as the state DB keys it: what the user gave (``display_url``) or the URL, redacted."""
+        """The URL as the state DB keys it: what the user gave (``display_url``) or the URL, redacted (worked out
+        once: a many-file run asks for it several times per file)."""
         return redact_url(self.display_url or self.url)
 
 

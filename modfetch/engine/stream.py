@@ -21,15 +21,19 @@ from .ratelimit import throttle
 def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size: int | None,
                  base_headers: Mapping[str, str], auth: Mapping[str, str], auth_host: str | None,
                  timeout: tuple[float, float], on_bytes: Callable[[int], None],
-                 stop: threading.Event | None = None, writes: OwnWrites | None = None) -> str:
+                 stop: threading.Event | None = None, writes: OwnWrites | None = None,
+                 on_headers: Callable[[requests.Response, str], None] | None = None) -> str:
     """Download the whole body into ``fd`` from offset 0, returning its SHA-256; the file is truncated to the
-    body's length.  A short body (fewer bytes than Content-Length) is a RetryableError."""
+    body's length.  A short body (fewer bytes than Content-Length) is a RetryableError.  ``on_headers`` sees
+    the 200 response (and the final URL after redirects) before its body is read."""
     response, final = request(session, "GET", url, base_headers=base_headers, auth=auth, auth_host=auth_host,
                               timeout=timeout)
     with response:
         check_status(response, final)
         if response.status_code != 200:
             raise RetryableError(f"unexpected HTTP {response.status_code} for a full download")
+        if on_headers is not None:
+            on_headers(response, final)
         encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
         length_header = response.headers.get("Content-Length")
         length = header_int(length_header) if not encoded else None
@@ -65,6 +69,10 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
                 raise Interrupted()
         if length is not None and pos != length:
             raise RetryableError(f"body ended after {pos} of {length} bytes")
+        if length is not None and not encoded:
+            # Read to its announced end (straight from the socket, past requests' bookkeeping): say so, or
+            # closing the response drops a clean keep-alive connection and the next file connects again.
+            response._content_consumed = True  # type: ignore[attr-defined]
         if writes is not None:
             writes.truncate(pos)
         else:

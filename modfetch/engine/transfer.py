@@ -98,6 +98,8 @@ def transfer(run: Run) -> DownloadResult:
         sources = run.sources.summary() if run.sources is not None else None
         if sources is not None:
             meta["mirrors"] = sources
+        if run.req.expected_git_sha1:  # verified above: a rerun knows the file without a request (present.py)
+            meta["git_sha1"] = run.req.expected_git_sha1.lower()
         db.update_download(row.id, status=COMPLETE, sha256=sha256, bytes_done=size, error=None,
                            finished_at=time.time(), meta=meta)
         ok = True

@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import requests
 
@@ -47,6 +47,7 @@ from ..util.redact import redact_url
 from . import hf_token, quant
 from .api import SourceClient, config_retry
 from .base import ResolvedFile
+from .hf_listing import no_quant, unique_files
 from .uris import HfUri, is_hf_browser_url, parse_hf_browser_url, parse_hf_uri
 
 log = logging.getLogger("modfetch.resolvers.huggingface")
@@ -156,6 +157,7 @@ class _Hub:
         self.token_var = token_var
         self.prefix = _URL_PREFIX[repo_type]
         self.kind = _API_KIND[repo_type]
+        self.main_commit: dict[str, tuple[str, bool]] = {}  # repo id -> (commit of main, gated), from its info
 
     def page(self, repo_id: str) -> str:
         return self.client.url(f"{self.prefix}/{repo_id}")
@@ -186,7 +188,11 @@ class _Hub:
         if response.status_code >= 400:
             raise hub_error(response, repo_id=repo_id, page=self.page(repo_id), token_var=self.token_var)
         canonical = data.get("id") if isinstance(data, dict) else None
-        return canonical if isinstance(canonical, str) and canonical else repo_id
+        canonical = canonical if isinstance(canonical, str) and canonical else repo_id
+        sha = data.get("sha") if isinstance(data, dict) else None
+        if isinstance(sha, str) and _SHA1.match(sha):  # the info is of main: pinning main needs no more request
+            self.main_commit[canonical] = (sha, bool(data.get("gated")))
+        return canonical
 
     def pick_repo(self, ref: HfUri, uri: str) -> tuple[str, str]:
         """``(canonical repo id, path in repo)``, asking the Hub which reading of the URI exists."""
@@ -270,6 +276,8 @@ class _Hub:
     # -- listings ---------------------------------------------------------------------------------------
     def commit_of(self, repo_id: str, revision: str) -> tuple[str, bool]:
         """``(commit, gated)`` of ``revision``: the Hub shows a gated repo's info and listing to anyone."""
+        if revision == "main" and repo_id in self.main_commit:
+            return self.main_commit[repo_id]
         url = self.client.url(f"/api/{self.kind}/{repo_id}/revision/{quote(revision, safe='')}")
         response, data = self.client.get_json(url)
         if response.status_code >= 400:
@@ -322,7 +330,7 @@ class _Hub:
     def list_files(self, repo_id: str, revision: str, folder: str, include: tuple[str, ...],
                    exclude: tuple[str, ...], ref: HfUri | None = None) -> list[ResolvedFile]:
         commit, gated = self.commit_of(repo_id, revision)
-        files = _unique_files(self.tree(repo_id, commit, revision, folder), repo_id)
+        files = unique_files(self.tree(repo_id, commit, revision, folder), repo_id)
         # Only a listing of the whole repo tells an offline snapshot_download what a complete snapshot is.
         tree = None if folder or self.trees_dir is None else hf_tree.save_listing(
             self.trees_dir, self.repo_type, repo_id, commit, files)
@@ -330,7 +338,7 @@ class _Hub:
             # The quantization picks the GGUF files; include= adds to them (a projector, the README).
             picked = set(quant.select((str(e["path"]) for e in files), ref.quant))
             if not picked:
-                raise _no_quant(ref, repo_id, revision, files)
+                raise no_quant(ref, repo_id, revision, files)
             files = [e for e in files if e["path"] in picked or (include and _match(e["path"], include))]
         elif include:
             files = [e for e in files if _match(e["path"], include)]
@@ -368,43 +376,6 @@ class _Hub:
                 source="huggingface", hints=hints))
         log.info("hf: %s@%s (%s): %d file(s)", repo_id, revision, commit[:12], len(out))
         return out
-
-
-def _no_quant(ref: HfUri, repo_id: str, revision: str, files: list[Mapping[str, Any]]) -> UsageError:
-    """The error for a quantization the repo does not have: its quantizations as candidates (``--pick``)."""
-    sizes = {str(e["path"]): e.get("size") for e in files}
-    found = quant.available(sizes)
-    if not found:
-        return UsageError(f"{repo_id}@{revision} has no GGUF files, so :{ref.quant} picks nothing",
-                          hint="name a file (hf://owner/repo/file) or use ?include=GLOB")
-    query = [*([("rev", ref.revision)] if ref.revision else []), *(("include", p) for p in ref.include),
-             *(("exclude", p) for p in ref.exclude)]
-    suffix = ("?" + urlencode(query, safe="*/")) if query else ""
-    prefix = {"dataset": "datasets/", "space": "spaces/"}.get(ref.repo_type, "")
-    candidates = []
-    for name, paths in found.items():
-        total = sum(s for s in (sizes[p] for p in paths) if isinstance(s, int))
-        label = f"{name} ({len(paths)} files)" if len(paths) > 1 else f"{name} ({posixpath.basename(paths[0])})"
-        candidates.append(Candidate(label, f"hf://{prefix}{repo_id}:{name}{suffix}", total or None, "GGUF"))
-    return AmbiguousChoiceError(f"no {ref.quant} GGUF in {repo_id}@{revision}; its quantizations are",
-                                candidates, hint=f"pick one, e.g. hf://{prefix}{repo_id}:{next(iter(found))}"
-                                " (or rerun with --pick)")
-
-
-def _unique_files(entries: list[Mapping[str, Any]], repo_id: str) -> list[Mapping[str, Any]]:
-    """The listing's file entries, each path once: a path the Hub could not have (empty, absolute, ``.``/``..``
-    parts) is skipped, and a repeated one would otherwise be downloaded twice to the same target at once."""
-    unique: dict[str, Mapping[str, Any]] = {}
-    for entry in entries:
-        path = entry.get("path")
-        if entry.get("type") != "file" or not isinstance(path, str):
-            continue
-        parts = path.split("/")
-        if any(p in ("", ".", "..") for p in parts) or "\x00" in path:
-            log.warning("hf: skipping the listed path %r of %s: not a plain relative path", path, repo_id)
-            continue
-        unique.setdefault(path, entry)
-    return list(unique.values())
 
 
 def _int(value: str | None) -> int | None:

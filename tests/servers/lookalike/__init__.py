@@ -19,7 +19,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -88,6 +88,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # silence the default stderr access log
         del format, args
 
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner.connected()
+
     def _handle(self) -> None:
         parts = urlsplit(self.path)
         headers = {k.lower(): v for k, v in self.headers.items()}
@@ -95,6 +99,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         self.server.owner.record(Recorded(self.command, self.path, headers))
+        with self.server.owner.serving():
+            self._answer(parts, headers)
+
+    def _answer(self, parts: Any, headers: dict[str, str]) -> None:
         if self.server.owner.delay:
             time.sleep(self.server.owner.delay)  # a per-request latency (round trip, server think time)
         request = Request(
@@ -133,13 +141,15 @@ class _Server(http.server.ThreadingHTTPServer):
 class LookalikeServer:
     """An ``App`` served on 127.0.0.1 from a daemon thread; ``records`` lists every request received,
     ``bytes_sent`` counts the response body bytes written (what a cache in front of it saves), ``delay`` adds
-    seconds of latency to every request."""
+    seconds of latency to every request, ``max_in_flight`` is the most requests it was answering at once,
+    ``connections`` counts the TCP connections accepted (keep-alive reuse shows as fewer than requests)."""
 
     def __init__(self, app: App, port: int = 0, host: str = "127.0.0.1", delay: float = 0.0) -> None:
         self.app = app
         self.records: list[Recorded] = []
         self.bytes_sent = 0
         self.delay = delay
+        self.in_flight = self.max_in_flight = self.connections = 0
         self._lock = threading.Lock()
         self._server = _Server((host, port), _Handler)
         self._server.owner = self
@@ -164,6 +174,22 @@ class LookalikeServer:
     def count(self, nbytes: int) -> None:
         with self._lock:
             self.bytes_sent += nbytes
+
+    def connected(self) -> None:
+        with self._lock:
+            self.connections += 1
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Count one request being answered (``in_flight``, ``max_in_flight``)."""
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     def requests(self) -> list[Recorded]:
         with self._lock:

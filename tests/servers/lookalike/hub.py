@@ -122,6 +122,8 @@ class HubData:
         self.full_tokens: set[str] = {GOOD_TOKEN}
         self.noaccess_tokens: set[str] = {NOACCESS_TOKEN}
         self.tree_page_size = 1000
+        self.corrupt: set[str] = set()  # paths served with their first byte flipped (listed hashes unchanged)
+        self.fail_once: set[str] = set()  # paths whose next GET on the Hub answers 503 (then normally)
 
     def add_repo(
         self,
@@ -167,6 +169,12 @@ class HubData:
         for tag in tags:
             repo.refs[tag] = sha
         return sha
+
+    def served(self, entry: HubFile) -> bytes:
+        """The bytes the Hub and its CDN send for ``entry``: its data, or a corrupted copy (``corrupt``)."""
+        if entry.path not in self.corrupt or not entry.data:
+            return entry.data
+        return bytes([entry.data[0] ^ 1]) + entry.data[1:]
 
     @classmethod
     def demo(cls) -> HubData:
@@ -350,6 +358,9 @@ class HubApp:
             ("Access-Control-Expose-Headers", "X-Repo-Commit,X-Linked-Etag,X-Linked-Size,ETag,Location"),
         ]
         name = path.rsplit("/", 1)[-1]
+        if request.method == "GET" and path in self.data.fail_once:
+            self.data.fail_once.discard(path)
+            return Response(503, b"Service Unavailable", [("Content-Type", "text/plain")])
         if entry.lfs:
             location = self.cdn_location(entry, name)
             body = f"Found. Redirecting to {location}".encode()
@@ -368,7 +379,7 @@ class HubApp:
         disposition = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\";"
         return serve_bytes(
             request,
-            entry.data,
+            self.data.served(entry),
             etag=f'"{entry.git_sha1}"',
             headers=[*common, ("Content-Disposition", disposition)],
         )
@@ -537,7 +548,7 @@ class CdnApp:
         disposition = request.param("response-content-disposition")
         if disposition:
             headers.append(("Content-Disposition", disposition))
-        return serve_bytes(request, entry.data, etag=f'"{entry.sha256}"', headers=headers)
+        return serve_bytes(request, self.data.served(entry), etag=f'"{entry.sha256}"', headers=headers)
 
 
 class HubLookalike:
