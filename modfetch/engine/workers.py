@@ -131,6 +131,7 @@ def run_workers(run: Run, chunks: list[LiveChunk], hash_while_downloading: bool)
         # hash with the GIL released, so they overlap); the fsync before the rename is then cheap.
         flusher = threading.Thread(target=_fsync_quietly, args=(fd,), name="modfetch-fsync", daemon=True)
         flusher.start()
+        hasher.nudge()  # the last bytes are on disk: no need to wait for its next poll
         hasher.join()
         flusher.join()
         digest = hasher.result()
