@@ -8,7 +8,6 @@ import hashlib
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 
 from . import prefixproc
@@ -93,13 +92,18 @@ class PrefixHasher(threading.Thread):
         self.error: BaseException | None = None
         self.hex: str | None = None  # set when a child process hashed the whole file
         self.child_pid: int | None = None
+        self.wake = threading.Event()
+
+    def nudge(self) -> None:
+        """New bytes are on disk (the transfer ended): look now instead of after the next poll."""
+        self.wake.set()
 
     def run(self) -> None:
         proc = prefixproc.spawn(self.fd, self.size, WRITEBACK_STEP) if self.size >= CHILD_MIN_SIZE else None
         if proc is not None:
             self.child_pid = proc.pid
             try:
-                self.hex = prefixproc.drive(proc, self.size, self.available, self.stop_event)
+                self.hex = prefixproc.drive(proc, self.size, self.available, self.stop_event, wake=self.wake)
                 return
             except OSError as exc:  # the child died or could not run: hash here instead, from the start
                 log.debug("hashing process failed (%s); hashing in a thread", exc)
@@ -116,7 +120,8 @@ class PrefixHasher(threading.Thread):
             while self.offset < self.size and not self.stop_event.is_set():
                 ready = min(self.available(self.offset), self.size - self.offset)
                 if ready <= 0:
-                    time.sleep(0.02)
+                    if self.wake.wait(0.02):
+                        self.wake.clear()
                     continue
                 while ready > 0:
                     n = os.preadv(self.fd, [view[: min(len(buf), ready)]], self.offset)

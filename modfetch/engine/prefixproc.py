@@ -46,10 +46,10 @@ def spawn(fd: int, size: int, writeback_step: int) -> subprocess.Popen[bytes] | 
 
 
 def drive(proc: subprocess.Popen[bytes], size: int, available: Callable[[int], int], stop: threading.Event,
-          poll_seconds: float = 0.02) -> str | None:
+          poll_seconds: float = 0.02, wake: threading.Event | None = None) -> str | None:
     """Feed the child offsets as the prefix grows; the hex digest, or None when stopped.  Raises OSError when the
     child failed (died, could not start, or found the file shorter than the prefix).  The child is always gone
-    when this returns."""
+    when this returns.  ``wake`` set: look for new bytes now rather than after the poll (the last ones came)."""
     assert proc.stdin is not None and proc.stdout is not None
     try:
         # Never block on a full pipe (a child far behind, hashing a large resumed prefix): this thread must keep
@@ -67,7 +67,10 @@ def drive(proc: subprocess.Popen[bytes], size: int, available: Callable[[int], i
                     continue
                 except BlockingIOError:
                     pass  # the child is behind: a later offset goes out later
-            stop.wait(poll_seconds)
+            if wake is None:
+                stop.wait(poll_seconds)
+            elif wake.wait(poll_seconds):
+                wake.clear()
         proc.stdin.close()
         while not select.select([proc.stdout], [], [], 0.1)[0]:
             if stop.is_set():

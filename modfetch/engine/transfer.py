@@ -39,7 +39,7 @@ from .files import (
 from .hashing import git_blob_sha1, hash_range, range_digest
 from .http import RemoteChanged, RetryableError
 from .mirrorcheck import open_sources, recheck
-from .plan import plan_chunks
+from .plan import plan_chunks, taper_tail
 from .request import DownloadResult
 from .run import Run, RunCounters
 from .scheduler import LiveChunk
@@ -246,7 +246,8 @@ def _chunked(run: Run) -> tuple[str, bool]:
         chunks = [LiveChunk.from_row(r) for r in rows]
         _reverify(run, chunks, on_disk)
     else:
-        chunks = [LiveChunk.from_row(r) for r in plan_chunks(size, run.dl.workers, run.dl.chunk_size)]
+        plan = taper_tail(plan_chunks(size, run.dl.workers, run.dl.chunk_size), run.dl.workers)
+        chunks = [LiveChunk.from_row(r) for r in plan]
         db.replace_chunks(row.id, [c.to_row() for c in chunks])
     for chunk in chunks:
         if chunk.status != CHUNK_COMPLETE and chunk.hasher is None:

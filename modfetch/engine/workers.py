@@ -23,6 +23,7 @@ from ..util.http import strong_etag
 from .adaptive import Connections, Shed, connections_for
 from .fetch import BLOCK, DiskWriteError, FetchContext, PartTruncated, fetch_chunk
 from .files import PartWritten, check_part, os_error, part_changed
+from .flush import start_flush
 from .hashing import PrefixHasher, hash_range
 from .http import RemoteChanged, RetryableError
 from .probe import ProbeResult
@@ -65,6 +66,7 @@ def run_workers(run: Run, chunks: list[LiveChunk], hash_while_downloading: bool)
     failure: BaseException | None = None
     last_checkpoint = last_hook = time.monotonic()
     reported = scheduler.bytes_done()
+    background = start_flush(fd, scheduler.bytes_done, info.size - reported)  # the final fsync is then cheap
     # signals now stop us through STOP, never by raising inside the pool's bookkeeping (see modfetch.cancel)
     with polling(), \
             concurrent.futures.ThreadPoolExecutor(max_workers=max(workers, dl.adaptive.cap if dl.adaptive else 0),
@@ -99,12 +101,16 @@ def run_workers(run: Run, chunks: list[LiveChunk], hash_while_downloading: bool)
                     break
         except BaseException:
             cancel.set()
+            if background is not None:
+                background.stop()
             for response, _ in list(ctx.active.values()):
                 shutdown_response(response)
             concurrent.futures.wait(futures)
             _drain(db, row.id, scheduler, events, None, cancel)
             _checkpoint(db, row.id, scheduler, stopped=True)
             raise
+    if background is not None:
+        background.stop()
     failure = _drain(db, row.id, scheduler, events, failure, cancel)
     _checkpoint(db, row.id, scheduler, stopped=True)
     if failure is None:
@@ -125,6 +131,7 @@ def run_workers(run: Run, chunks: list[LiveChunk], hash_while_downloading: bool)
         # hash with the GIL released, so they overlap); the fsync before the rename is then cheap.
         flusher = threading.Thread(target=_fsync_quietly, args=(fd,), name="modfetch-fsync", daemon=True)
         flusher.start()
+        hasher.nudge()  # the last bytes are on disk: no need to wait for its next poll
         hasher.join()
         flusher.join()
         digest = hasher.result()

@@ -85,18 +85,20 @@ def test_no_validators_at_all_still_downloads(mf: Modfetch, faulty_server: Serve
 
 
 def test_work_stealing_splits_a_slow_tail(mf: Modfetch, faulty_server: Serve) -> None:
-    # 64 MiB over 2 connections plans 8 MiB chunks; the last chunk's first response is throttled, so the other
-    # worker runs dry and steals the back half of it.  Whatever the split, the bytes must be exact.
+    # 64 MiB over 2 connections plans 8 MiB chunks, the last round (48-64 MiB) cut into 2 MiB pieces
+    # (plan.taper_tail); the last full chunk's first response is throttled, so the other worker runs dry and
+    # steals the back half of it.  Whatever the split, the bytes must be exact.
     size = 64 * MiB
-    server = faulty_server(size=size, rate=6 * MiB, rate_starts=frozenset({56 * MiB}))
+    server = faulty_server(size=size, rate=6 * MiB, rate_starts=frozenset({40 * MiB}))
     out = mf.download_json(server.url, "--concurrency", "2", "--chunk-size", "8M")
     assert out["sha256"] == server.sha256()
     starts = [r.range_start for r in server.data_requests()]
-    assert len(starts) == 9, starts  # 8 planned chunks + 1 stolen tail
-    stolen = max(starts)
-    assert 56 * MiB < stolen < size
+    planned = {i * 8 * MiB for i in range(6)} | {48 * MiB + i * 2 * MiB for i in range(8)}
+    assert len(starts) == 15, starts  # 6 chunks + 8 tail pieces + 1 stolen
+    (stolen,) = set(starts) - planned
+    assert 40 * MiB < stolen < 48 * MiB
     chunks = mf.chunk_rows(out["id"])
-    assert len(chunks) == 9
+    assert len(chunks) == 15
     assert chunks[0]["start"] == 0 and chunks[-1]["end"] == size
     for before, after in itertools.pairwise(chunks):
         assert before["end"] == after["start"]
