@@ -10,7 +10,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from . import prefixproc
 
@@ -58,7 +57,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         os.close(fd)
 
 
-def git_blob_hasher(size: int) -> Any:
+def git_blob_hasher(size: int) -> hashlib._Hash:
     """A SHA-1 primed with the git blob header of a ``size``-byte file: feed it the content to get its blob id."""
     return hashlib.sha1(f"blob {size}\0".encode())
 
