@@ -79,7 +79,7 @@ class ConcurrencyConfig:
     backoff_min_ms: int = _bounded(250, 0, 3_600_000)  # at most an hour between retries
     backoff_max_ms: int = _bounded(30000, 0, 3_600_000)
     batch_parallel_files: int = 2
-    repo_parallel_files: int = _bounded(8, 1, 64)  # files of one multi-file URI (a repo) downloaded at once
+    repo_parallel_files: int = _bounded(16, 1, 64)  # files of one multi-file URI (a repo) downloaded at once
 
 
 @dataclass(frozen=True)

@@ -56,10 +56,14 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         os.close(fd)
 
 
+def git_blob_hasher(size: int) -> hashlib._Hash:
+    """A SHA-1 primed with the git blob header of a ``size``-byte file: feed it the content to get its blob id."""
+    return hashlib.sha1(f"blob {size}\0".encode())
+
+
 def git_blob_sha1(path: str | os.PathLike[str]) -> str:
     """The git blob SHA-1 of a file: sha1(``blob <size>\\0`` + content), as Hugging Face ETags use."""
-    size = os.path.getsize(path)
-    digest = hashlib.sha1(f"blob {size}\0".encode())
+    digest = git_blob_hasher(os.path.getsize(path))
     with open(path, "rb") as handle:
         while block := handle.read(READ_BLOCK):
             digest.update(block)

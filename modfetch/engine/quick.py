@@ -54,7 +54,7 @@ from .files import (
     part_changed,
     write_checksum_file,
 )
-from .hashing import git_blob_sha1
+from .hashing import git_blob_hasher
 from .http import RemoteChanged, RetryableError
 from .request import DownloadRequest, DownloadResult
 from .run import RunCounters
@@ -181,7 +181,7 @@ class _Small:
             if dl.on_checkpoint is not None:
                 dl.on_checkpoint()
 
-    def _fetch(self, fd: int, writes: OwnWrites) -> str:
+    def _fetch(self, fd: int, writes: OwnWrites, blob: Any | None) -> str:
         dl, req = self.dl, self.req
         size = req.expected_size
         assert size is not None
@@ -198,7 +198,7 @@ class _Small:
             ensure_space(fd, size, self.row.part_path, free_space_margin(fd, dl.config.general.min_free_mb))
             sha256 = fetch_stream(self.session, req.url, fd=fd, expected_size=size, base_headers=dl.base_headers,
                                   auth=req.headers, auth_host=req.auth_host, timeout=dl.timeout, on_bytes=advance,
-                                  stop=STOP, writes=writes, on_headers=headers)
+                                  stop=STOP, writes=writes, on_headers=headers, also=blob)
         except (RetryableError, RemoteChanged) as exc:
             check_stop()  # request_stop() shut the connection down: a stop, not a reason to ask again
             raise _Fallback(str(exc)) from None
@@ -223,13 +223,16 @@ class _Small:
         size = req.expected_size
         assert size is not None
         writes = OwnWrites(fd)
-        sha256 = self._fetch(fd, writes)
+        git_sha1 = req.expected_git_sha1.lower() if req.expected_git_sha1 else None
+        # Both digests of the bytes as they were written (the file is unchanged since: ``writes.check``), so
+        # the file is not opened and read back for the SHA-1.
+        blob = git_blob_hasher(size) if git_sha1 is not None else None
+        sha256 = self._fetch(fd, writes, blob)
         if req.expected and sha256 != req.expected:
             raise IntegrityError(f"SHA-256 mismatch for {dest.name}: got {sha256}, expected {req.expected}",
                                  hint="the server sent different bytes than the source published")
-        git_sha1 = req.expected_git_sha1.lower() if req.expected_git_sha1 else None
-        if git_sha1 is not None:
-            actual = git_blob_sha1(part)
+        if blob is not None:
+            actual = blob.hexdigest()
             if actual != git_sha1:
                 raise IntegrityError(f"git blob SHA-1 mismatch for {dest.name}: got {actual}, "
                                      f"expected {req.expected_git_sha1}",

@@ -22,10 +22,12 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
                  base_headers: Mapping[str, str], auth: Mapping[str, str], auth_host: str | None,
                  timeout: tuple[float, float], on_bytes: Callable[[int], None],
                  stop: threading.Event | None = None, writes: OwnWrites | None = None,
-                 on_headers: Callable[[requests.Response, str], None] | None = None) -> str:
+                 on_headers: Callable[[requests.Response, str], None] | None = None,
+                 also: Any | None = None) -> str:
     """Download the whole body into ``fd`` from offset 0, returning its SHA-256; the file is truncated to the
     body's length.  A short body (fewer bytes than Content-Length) is a RetryableError.  ``on_headers`` sees
-    the 200 response (and the final URL after redirects) before its body is read."""
+    the 200 response (and the final URL after redirects) before its body is read; ``also`` (a hashlib object,
+    e.g. the git blob SHA-1) is fed every byte too, so nobody reads the file back for a second digest."""
     response, final = request(session, "GET", url, base_headers=base_headers, auth=auth, auth_host=auth_host,
                               timeout=timeout)
     with response:
@@ -63,6 +65,8 @@ def fetch_stream(session: requests.Session, url: str, *, fd: int, expected_size:
                 pos += written
                 data = data[written:]
             digest.update(block)
+            if also is not None:
+                also.update(block)
             on_bytes(n)
             throttle(n, stop)  # the process-wide --limit-rate
             if stop is not None and stop.is_set():
