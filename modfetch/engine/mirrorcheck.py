@@ -162,10 +162,14 @@ def open_sources(run: Run) -> SourceSet | None:
         try:
             reference: str | None = ours.result()
         except (RetryableError, ModfetchError) as exc:
-            # Nothing to compare with: the validators and the final hash decide.
+            # Nothing to compare with: only an expected SHA-256 can still catch a lying mirror, so without one
+            # the mirrors are not trusted (a 429 from the primary must not turn the cross-check off).
             log.warning("could not read the primary's check range (%s); mirrors are not cross-checked", exc)
             reference = None
     for url, outcome in zip(urls, found, strict=True):
+        if isinstance(outcome, tuple) and reference is None and not run.expected:
+            outcome = ("the primary's bytes could not be read to cross-check it and there is no expected SHA-256 "
+                       "(--sha256) to check the result")
         if isinstance(outcome, tuple) and reference is not None and outcome[1] != reference:
             outcome = f"it serves different bytes than the primary (bytes {start}-{end - 1} differ)"
         if isinstance(outcome, tuple):

@@ -285,3 +285,13 @@ def test_a_liars_bytes_from_an_earlier_run_are_found_on_resume(mf: Modfetch, fau
     poisoned = {r.range_start for r in liar.data_requests() if r.index < marks[1] and r.faults == ["corrupt"]}
     again = {r.range_start for s, m in zip((primary, liar), marks, strict=True) for r in s.data_requests(m)}
     assert poisoned <= again
+
+
+def test_a_primary_refusing_the_cross_check_leaves_unhashed_mirrors_unused(mf: Modfetch, faulty_server: Serve) -> None:
+    # Matching validators (no ETag, same Last-Modified) and different bytes: only the cross-check could tell, and
+    # the primary answers it with a 429, so without --sha256 the mirror must not be trusted.
+    primary = faulty_server(size=SIZE, etag=False, error_status=429, retry_after="0", error_times=1)
+    liar = faulty_server(size=SIZE, etag=False, seed=7)
+    result = _download(mf, primary, liar)
+    assert "could not be read to cross-check" in _excluded(result)[liar.url]
+    assert sha256_of(result.path) == primary.sha256()
