@@ -170,7 +170,7 @@ def open_sources(run: Run) -> SourceSet | None:
         if isinstance(outcome, tuple) and reference is None and not run.expected:
             outcome = ("the primary's bytes could not be read to cross-check it and there is no expected SHA-256 "
                        "(--sha256) to check the result")
-        if isinstance(outcome, tuple) and reference is not None and outcome[1] != reference:
+        elif isinstance(outcome, tuple) and reference is not None and outcome[1] != reference:
             outcome = f"it serves different bytes than the primary (bytes {start}-{end - 1} differ)"
         if isinstance(outcome, tuple):
             sources.sources.append(outcome[0])

@@ -191,7 +191,6 @@ def _hf_meta(path: Path, repo: str, commit: str, revision: str, path_in_repo: st
 
 def _hub_python(hub: Path, code: str, *args: str) -> str:
     """Run the real huggingface_hub client offline in a fresh process (it reads HF_* env at import)."""
-    pytest.importorskip("huggingface_hub")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub), "HF_HUB_DISABLE_TELEMETRY": "1"}
     proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
                           timeout=60, check=False)

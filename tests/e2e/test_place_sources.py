@@ -12,9 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Modfetch
-
-civitai = pytest.importorskip("tests.servers.lookalike.civitai")
-hub = pytest.importorskip("tests.servers.lookalike.hub")
+from tests.servers.lookalike import civitai, hub
 
 
 @pytest.fixture

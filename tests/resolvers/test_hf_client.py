@@ -12,15 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import huggingface_hub as hf  # a declared test dependency (setup.cfg [test]): missing means a broken install
 import pytest
+from huggingface_hub import errors as hf_errors
 
 from modfetch.config import Config, SourceConfig, SourcesConfig
 from modfetch.engine.session import make_session
 from modfetch.resolvers.registry import resolve
 from tests.servers.lookalike.hub import GOOD_TOKEN, NOACCESS_TOKEN, HubLookalike
-
-hf = pytest.importorskip("huggingface_hub")
-from huggingface_hub import errors as hf_errors  # noqa: E402
 
 
 @pytest.fixture(scope="module")

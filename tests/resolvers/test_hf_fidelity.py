@@ -23,8 +23,6 @@ from modfetch.util.redact import redact
 from tests.conftest import Modfetch, assert_clean_error, error_lines
 from tests.servers.lookalike.hub import GOOD_TOKEN, HubLookalike
 
-hf = pytest.importorskip("huggingface_hub")
-
 FILE_TOKEN = "hf_StoredInTheTokenFile0123456789abcdefXYZ"
 ENV_TOKEN = "hf_FromTheEnvironment0123456789abcdef"
 LEGACY_TOKEN = "hf_FromTheLegacyVariable0123456789abcdef"
