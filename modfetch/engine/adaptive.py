@@ -4,8 +4,11 @@ A server that limits every connection (nginx ``limit_rate``, many CDNs) gives N 
 of one; a link that is already full gives them the same rate.  ``Controller`` is pure logic fed with
 ``(time, bytes on disk, errors)`` samples: it measures the rate at the starting count, doubles the count up
 to a cap while a step pays off, and goes back to the last count that paid off when a step brings too little
-or when retries (stalls, cuts, 429/503) appear.  ``Connections`` is the thread-safe side the worker pool
-consults: surplus workers leave at a chunk boundary, or hand back their chunk instead of retrying.
+or when retries (stalls, cuts, 429/503) appear.  A step judged on a fraction of a second can be judged wrong
+(nginx's ``limit_rate`` lets every new request burst for a second), so one that brought too little is tried
+again later, at growing intervals; one that brought retries is not.  ``Connections`` is the thread-safe side
+the worker pool consults: surplus workers leave at a chunk boundary, or hand back their chunk instead of
+retrying.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class AdaptiveSettings:
     min_gain: float = 0.05       # a step must raise the rate by at least this fraction...
     efficiency: float = 0.25     # ...and by this share of what it would bring if each connection were throttled
     min_bytes: int = 64 << 20    # adapt only when at least this much is left to fetch
+    retry: float | None = 1.0    # seconds before a step that brought too little is measured again (doubling
+                                 # each time); None: never
     tick: float = 0.1            # the coordinator's loop period while measuring
 
 
@@ -61,6 +66,9 @@ class Controller:
         self.probing = start < settings.cap
         self.settle = settings.settle
         self._first: tuple[float, int] | None = (now, done)  # until the first bytes arrive
+        self._retry_at: float | None = None   # when to measure the settled count again and step up
+        self._retry_wait = settings.retry
+        self._remeasure = False               # this window measures the settled count again
         self._reset(now, errors)
 
     def _reset(self, now: float, errors: int) -> None:
@@ -101,12 +109,18 @@ class Controller:
             if failed and len(self.good) > 1:
                 self.good.pop()  # retries at a count that once paid off: one level down
                 self._settle(now, errors, self.good[-1].count, "retries rose")
+            elif (not failed and self._retry_at is not None and now >= self._retry_at
+                  and not self._ending(done, min(self.settings.cap, self.count * 2))):
+                log.debug("measuring %d connections again before trying more", self.count)
+                self.probing = self._remeasure = True
+                self._retry_at = None
+                self._reset(now, errors)
             else:
                 self._reset(now, errors)
             return self.count
-        if not self.good:
+        if not self.good or self._remeasure:
             if failed:
-                self._settle(now, errors, self.count, "retries at the starting count")
+                self._settle(now, errors, self.count, "retries rose" if self.good else "retries at the starting count")
                 return self.count
             self._accept(now, errors, done, rate)
             return self.count
@@ -117,11 +131,15 @@ class Controller:
         else:
             self._settle(now, errors, previous.count,
                          f"{self.count} connections gave {rate / 1e6:.1f} MB/s, {previous.count} gave "
-                         f"{previous.rate / 1e6:.1f} MB/s")
+                         f"{previous.rate / 1e6:.1f} MB/s", retry=True)
         return self.count
 
     def _accept(self, now: float, errors: int, done: int, rate: float) -> None:
-        self.good.append(Level(self.count, rate))
+        if self._remeasure:  # the settled count, measured again: its fresh rate is what the next step must beat
+            self._remeasure = False
+            self.good[-1] = Level(self.count, rate)
+        else:
+            self.good.append(Level(self.count, rate))
         if self.count >= self.settings.cap:
             self._settle(now, errors, self.count, f"the cap ({self.settings.cap})")
             return
@@ -136,9 +154,15 @@ class Controller:
     def _ending(self, done: int, count: int) -> bool:
         return self.total is not None and self.total - done < count * BUSY_BYTES
 
-    def _settle(self, now: float, errors: int, count: int, why: str) -> None:
-        self.probing = False
+    def _settle(self, now: float, errors: int, count: int, why: str, retry: bool = False) -> None:
+        """Stop measuring at ``count``; ``retry``: the step brought too little (not retries, the cap or the
+        end), so it is worth measuring again later."""
+        self.probing = self._remeasure = False
         self.count = count
+        self._retry_at = None
+        if retry and self._retry_wait is not None:
+            self._retry_at = now + self._retry_wait
+            self._retry_wait *= 2
         log.debug("connection count settled at %d (%s)", count, why)
         self._reset(now, errors)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -12,7 +13,7 @@ from modfetch.engine.scheduler import LiveChunk, Scheduler
 from modfetch.state import CHUNK_PENDING, CHUNK_RUNNING
 
 MB = 1_000_000
-SETTINGS = AdaptiveSettings(cap=32, settle=0.2, window=1.0, tick=0.1)
+SETTINGS = AdaptiveSettings(cap=32, settle=0.2, window=1.0, tick=0.1, retry=None)  # each step judged once
 Link = Callable[[int], float]  # connection count -> aggregate bytes/s
 
 
@@ -33,6 +34,48 @@ def drive(link: Link, start: int = 8, seconds: float = 20.0, settings: AdaptiveS
         if count != seen[-1]:
             seen.append(count)
     return controller, seen
+
+
+def trials(link: Callable[[int, float], float], settings: AdaptiveSettings, seconds: float = 30.0,
+           errors: Callable[[int, float], int] | None = None) -> list[tuple[float, int]]:
+    """Like ``drive`` with a link that may change over time: every (time, count) the controller asked for."""
+    controller = Controller(8, settings, 0.0)
+    now, done, count, seen = 0.0, 0.0, 8, [(0.0, 8)]
+    while now < seconds:
+        now = round(now + 0.1, 6)
+        done += link(count, now) * 0.1
+        count = controller.feed(now, int(done), errors(count, now) if errors else 0)
+        if count != seen[-1][1]:
+            seen.append((now, count))
+    return seen
+
+
+RETRYING = AdaptiveSettings(cap=32, settle=0.2, window=1.0, tick=0.1, retry=1.0)
+
+
+def test_a_step_judged_on_a_bad_window_is_tried_again() -> None:
+    # A throttled server whose first second at 16 connections looks like +10% (new requests still connecting,
+    # a burst at 8 before): the step is dropped, then measured again and kept; the count reaches the cap.
+    def link(n: int, now: float) -> float:
+        unlucky = n == 16 and now < 2.5
+        return 80 * MB * (1.1 if unlucky else n / 8)
+    counts = [count for _, count in trials(link, RETRYING)]
+    assert counts == [8, 16, 8, 16, 32]
+
+
+def test_a_full_link_is_tried_again_at_growing_intervals() -> None:
+    seen = trials(lambda n, now: min(n * 100 * MB, 125 * MB), RETRYING, seconds=40.0)
+    assert {count for _, count in seen} == {8, 16}  # never beyond one step, and always back to 8
+    assert [count for _, count in seen[::2]] == [8] * len(seen[::2])
+    starts = [when for when, count in seen if count == 16]
+    assert len(starts) >= 3
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(later > earlier for earlier, later in itertools.pairwise(gaps))
+
+
+def test_a_step_that_brought_retries_is_not_tried_again() -> None:
+    seen = trials(lambda n, now: n * 10 * MB, RETRYING, errors=lambda n, now: int(now * 10) if n > 20 else 0)
+    assert [count for _, count in seen] == [8, 16, 32, 16]
 
 
 def test_a_per_connection_throttle_grows_the_count_to_the_cap() -> None:
